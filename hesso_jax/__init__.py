@@ -9,7 +9,10 @@ from hesso_jax.space import AxisSlice, ChannelSpace, SearchSpace, PRODUCER, CONS
 from hesso_jax.optim import (CRITERIA, DEFAULT_IMPORTANCE, DEFAULT_CRIC_IMPORTANCE, CricState, HessoState,
                              hesso, hesso_cric, pruned_mask, redundant_mask, saliency)
 # discovery
+from hesso_jax.discovery import discover
 # surgery
+from hesso_jax.surgery.compress import compress
+from hesso_jax.surgery.export import export
 from hesso_jax.surgery import (apply_manifest, kept_sizes, load_manifest, make_manifest, prune, prune_like,
                                prune_nnx, prune_opt_state, prune_space, reindex_groups, save_manifest,
                                size_report)

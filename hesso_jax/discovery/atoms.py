@@ -1,0 +1,235 @@
+"""Union-find over axis atoms, with structure (flatten / concatenation layouts).
+
+Every axis of every value in a jaxpr is an *atom*. Atoms that must be pruned together are
+unioned. An atom may have a *structure*: a row-major product of factors, each factor a
+concatenation of parts (other atoms). ``reshape`` creates products, ``concatenate``/``split``/
+``slice`` create concatenations. Atoms without structure that reach a parameter axis are the
+channel spaces.
+
+Unprunability is a list of (code, message) reasons attached to a root atom; reasons of a
+structured atom apply to every leaf inside it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+Factor = tuple  # tuple[int, ...]  (atoms concatenated)
+Layout = list  # list[Factor]     (factors multiplied, row-major)
+
+_MAX_DEPTH = 64
+
+
+class Atoms:
+  def __init__(self):
+    self.parent: list[int] = []
+    self.size: list[int] = []
+    self.struct: dict[int, Layout] = {}
+    self.bad: dict[int, list[tuple[str, str]]] = {}
+    self._leaf_cache: dict[int, tuple[int, ...]] | None = None
+
+  # --- basics -------------------------------------------------------------------------------
+
+  def new(self, size: int, reason: tuple[str, str] | None = None) -> int:
+    a = len(self.parent)
+    self.parent.append(a)
+    self.size.append(int(size))
+    if reason is not None:
+      self.bad[a] = [reason]
+    return a
+
+  def find(self, a: int) -> int:
+    root = a
+    while self.parent[root] != root:
+      root = self.parent[root]
+    while self.parent[a] != root:
+      self.parent[a], a = root, self.parent[a]
+    return root
+
+  def sz(self, a: int) -> int:
+    return self.size[self.find(a)]
+
+  def mark(self, a: int, code: str, msg: str) -> None:
+    r = self.find(a)
+    lst = self.bad.setdefault(r, [])
+    if (code, msg) not in lst:
+      lst.append((code, msg))
+
+  def mark_all(self, atoms: Iterable[int], code: str, msg: str) -> None:
+    for a in atoms:
+      self.mark(a, code, msg)
+
+  # --- unification --------------------------------------------------------------------------
+
+  def unify(self, a: int, b: int, depth: int = 0) -> None:
+    ra, rb = self.find(a), self.find(b)
+    if ra == rb:
+      return
+    if self.size[ra] != self.size[rb] or depth > _MAX_DEPTH:
+      msg = f"axes of sizes {self.size[ra]} and {self.size[rb]} are tied but cannot be aligned"
+      self.mark(ra, "reshape", msg)
+      self.mark(rb, "reshape", msg)
+      return
+    sa, sb = self.struct.pop(ra, None), self.struct.pop(rb, None)
+    self.parent[rb] = ra
+    if rb in self.bad:
+      for r in self.bad.pop(rb):
+        if r not in self.bad.setdefault(ra, []):
+          self.bad[ra].append(r)
+    if sa is None and sb is None:
+      return
+    if sa is None or sb is None:
+      self.struct[ra] = sa if sb is None else sb
+      return
+    self.struct[ra] = sa
+    self.unify_layout(sa, sb, depth + 1)
+
+  def factor_size(self, f: Factor) -> int:
+    return sum(self.sz(p) for p in f)
+
+  def expand(self, layout: Layout, depth: int = 0) -> Layout:
+    """Substitute single-part factors that have structure; drop size-1 factors."""
+    out: Layout = []
+    for f in layout:
+      if len(f) == 1:
+        r = self.find(f[0])
+        if r in self.struct and depth < _MAX_DEPTH:
+          out.extend(self.expand(self.struct[r], depth + 1))
+          continue
+        f = (r,)
+      if self.factor_size(f) != 1:
+        out.append(tuple(f))
+    return out
+
+  def unify_layout(self, la: Layout, lb: Layout, depth: int = 0) -> None:
+    la, lb = self.expand(la), self.expand(lb)
+    i = j = 0
+    while i < len(la) and j < len(lb):
+      ga, gb = [la[i]], [lb[j]]
+      pa, pb = self.factor_size(la[i]), self.factor_size(lb[j])
+      i, j = i + 1, j + 1
+      while pa != pb:
+        if pa < pb and i < len(la):
+          ga.append(la[i]); pa *= self.factor_size(la[i]); i += 1
+        elif pb < pa and j < len(lb):
+          gb.append(lb[j]); pb *= self.factor_size(lb[j]); j += 1
+        else:
+          break
+      if pa != pb:
+        self._fail(ga + gb + la[i:] + lb[j:], "reshape", "reshape splits and merges axes inconsistently")
+        return
+      self._unify_group(ga, gb, depth)
+    if i < len(la) or j < len(lb):
+      self._fail(la[i:] + lb[j:], "reshape", "reshape splits and merges axes inconsistently")
+
+  def _fail(self, factors: Sequence[Factor], code: str, msg: str) -> None:
+    for f in factors:
+      for p in f:
+        self.mark(p, code, msg)
+
+  def _unify_group(self, ga: list[Factor], gb: list[Factor], depth: int) -> None:
+    if len(ga) == 1 and len(gb) == 1:
+      self._unify_factor(ga[0], gb[0], depth)
+    elif len(ga) == 1 and len(ga[0]) == 1:
+      self._define(ga[0][0], gb, depth)
+    elif len(gb) == 1 and len(gb[0]) == 1:
+      self._define(gb[0][0], ga, depth)
+    else:
+      self._fail(ga + gb, "reshape", "an axis is both split and merged by reshapes (e.g. (6,4)->(4,6))")
+
+  def _unify_factor(self, fa: Factor, fb: Factor, depth: int) -> None:
+    if len(fa) == 1 and len(fb) == 1:
+      self.unify(fa[0], fb[0], depth)
+    elif len(fa) == 1:
+      self._define(fa[0], [fb], depth)
+    elif len(fb) == 1:
+      self._define(fb[0], [fa], depth)
+    elif [self.sz(p) for p in fa] == [self.sz(p) for p in fb]:
+      for p, q in zip(fa, fb):
+        self.unify(p, q, depth)
+    else:
+      self._fail([fa, fb], "concat", "concatenations with different part boundaries are tied")
+
+  def _define(self, a: int, layout: Layout, depth: int) -> None:
+    r = self.find(a)
+    if r in self.struct:
+      self.unify_layout(self.struct[r], layout, depth + 1)
+      return
+    if r in {self.find(p) for f in layout for p in f}:
+      self._fail(layout, "reshape", "cyclic axis structure")
+      return
+    self.struct[r] = [tuple(f) for f in layout]
+
+  # --- queries (after unification is complete) ----------------------------------------------
+
+  def freeze(self) -> None:
+    self._leaf_cache = {}
+
+  def leaves(self, a: int, depth: int = 0) -> tuple[int, ...]:
+    r = self.find(a)
+    if self._leaf_cache is not None and r in self._leaf_cache:
+      return self._leaf_cache[r]
+    if r in self.struct and depth < _MAX_DEPTH:
+      out: list[int] = []
+      for f in self.struct[r]:
+        for p in f:
+          out.extend(self.leaves(p, depth + 1))
+      res = tuple(dict.fromkeys(out))
+    else:
+      res = (r,)
+    if self._leaf_cache is not None:
+      self._leaf_cache[r] = res
+    return res
+
+  def leafset(self, atoms: Sequence[int]) -> frozenset:
+    out: set[int] = set()
+    for a in atoms:
+      out.update(self.leaves(a))
+    return frozenset(out)
+
+  def axis_members(self, a: int):
+    """Yield (leaf, offset, width, outer, inner) for every leaf atom on the axis ``a``.
+
+    Nested layouts (a concatenation part that is itself reshaped) cannot be described by one
+    (outer, width, inner, offset) and make those leaves unprunable.
+    """
+    factors = self.expand([(a,)])
+    sizes = [self.factor_size(f) for f in factors]
+    for k, f in enumerate(factors):
+      outer, inner, width = math.prod(sizes[:k]), math.prod(sizes[k + 1:]), sizes[k]
+      off = 0
+      for p in f:
+        r = self.find(p)
+        if r in self.struct:
+          for leaf in self.leaves(r):
+            self.mark(leaf, "nested", "concatenation of reshaped axes is not supported")
+        else:
+          yield r, off, width, outer, inner
+        off += self.size[r]
+
+  def inherited_bad(self) -> dict[int, list[tuple[str, str]]]:
+    """Reasons per leaf root, including reasons of structured atoms that contain it."""
+    out: dict[int, list[tuple[str, str]]] = {}
+    for r, reasons in list(self.bad.items()):
+      if self.find(r) != r:
+        continue
+      for leaf in self.leaves(r):
+        lst = out.setdefault(leaf, [])
+        for x in reasons:
+          if x not in lst:
+            lst.append(x)
+    return out
+
+  def keep_mask(self, a: int, leaf_keep: dict, depth: int = 0):
+    """Host-side bool mask over axis ``a`` given per-leaf keep masks (missing: keep all)."""
+    import numpy as np
+    r = self.find(a)
+    if r in self.struct and depth < _MAX_DEPTH:
+      mask = np.ones((1,), bool)
+      for f in self.struct[r]:
+        fm = np.concatenate([self.keep_mask(p, leaf_keep, depth + 1) for p in f])
+        mask = np.logical_and.outer(mask, fm).reshape(-1)
+      return mask
+    m = leaf_keep.get(r)
+    return np.ones((self.size[r],), bool) if m is None else np.asarray(m, bool)

@@ -1,0 +1,250 @@
+"""The compressed callable: re-interpret the traced jaxpr with smaller shapes.
+
+``compress`` traces ``fn`` (the same analysis as :func:`hesso_jax.discover`), slices every
+variable along every axis that carries a dropped channel (producers, consumers and state), and
+returns a function that evaluates the *traced* jaxpr equation by equation on the smaller
+arrays. Shape-carrying parameters (``reshape.new_sizes``, ``broadcast_in_dim.shape``,
+``gather.slice_sizes``, ``split.sizes``, ``slice`` bounds, ``feature_group_count``) are
+rewritten from the analysis; constants traced from shapes (``1/sqrt(head_dim)``, mean
+denominators) stay exactly as traced. Calls are inlined; ``scan``/``while``/``cond`` are
+rebuilt with ``lax`` so the result stays a single jittable, library-independent function.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax import lax
+
+from hesso_jax.discovery.analysis import CALL_PRIMITIVES, Analysis, Visit, _jaxpr_and_consts, analyse
+from hesso_jax.space import SearchSpace, leaves_with_paths, path_str
+
+
+def _is_literal(v) -> bool:
+  return hasattr(v, "val") and not hasattr(v, "count")
+
+
+def _is_drop(v) -> bool:
+  return type(v).__name__ == "DropVar"
+
+
+class _Shrink:
+  """New axis sizes from per-leaf keep masks."""
+
+  def __init__(self, an: Analysis, leaf_keep: dict):
+    self.A = an.atoms
+    self.leaf_keep = leaf_keep
+    self._mask: dict[int, np.ndarray] = {}
+
+  def mask(self, atom: int) -> np.ndarray:
+    r = self.A.find(atom)
+    if r not in self._mask:
+      self._mask[r] = self.A.keep_mask(r, self.leaf_keep)
+    return self._mask[r]
+
+  def size(self, atom: int) -> int:
+    return int(self.mask(atom).sum())
+
+  def shape(self, visit: Visit, v) -> tuple[int, ...]:
+    return tuple(self.size(a) for a in visit.env[v])
+
+  def slice_leaf(self, x, atoms):
+    for ax, a in enumerate(atoms):
+      m = self.mask(a)
+      if not m.all():
+        x = jax.numpy.take(x, np.nonzero(m)[0], axis=ax)
+    return x
+
+
+def _rewrite_params(sh: _Shrink, visit: Visit, eqn, invals) -> dict:
+  name = eqn.primitive.name
+  p = dict(eqn.params)
+  out = eqn.outvars[0]
+  if name == "reshape":
+    p["new_sizes"] = sh.shape(visit, out)
+  elif name == "broadcast_in_dim":
+    p["shape"] = sh.shape(visit, out)
+  elif name == "iota":
+    p["shape"] = sh.shape(visit, out)
+  elif name in ("gather", "dynamic_slice"):
+    old = tuple(eqn.invars[0].aval.shape)
+    new = np.shape(invals[0])
+    p["slice_sizes"] = tuple(new[k] if s == old[k] else s for k, s in enumerate(p["slice_sizes"]))
+  elif name == "split":
+    p["sizes"] = tuple(sh.shape(visit, o)[p["axis"]] for o in eqn.outvars)
+  elif name == "slice":
+    starts, limits = list(p["start_indices"]), list(p["limit_indices"])
+    for k, a in enumerate(visit.env[eqn.invars[0]]):
+      m = sh.mask(a)
+      if m.all():
+        continue
+      starts[k], limits[k] = int(m[:starts[k]].sum()), int(m[:limits[k]].sum())
+    p["start_indices"], p["limit_indices"] = tuple(starts), tuple(limits)
+  elif name == "conv_general_dilated":
+    dn = p["dimension_numbers"]
+    lf = np.shape(invals[0])[dn.lhs_spec[1]]
+    rin = np.shape(invals[1])[dn.rhs_spec[1]]
+    p["feature_group_count"] = lf // rin
+    for key, k in (("lhs_shape", 0), ("rhs_shape", 1)):
+      if key in p:
+        p[key] = np.shape(invals[k])
+  return p
+
+
+def _eval(sh: _Shrink, visit: Visit, consts, args):
+  jaxpr = visit.jaxpr
+  env = {}
+  for v, x in zip(jaxpr.constvars, consts):
+    env[v] = x
+  for v, x in zip(jaxpr.invars, args):
+    env[v] = x
+  read = lambda v: v.val if _is_literal(v) else env[v]
+  for i, eqn in enumerate(jaxpr.eqns):
+    invals = [read(v) for v in eqn.invars]
+    outs = _eval_eqn(sh, visit, i, eqn, invals)
+    for v, x in zip(eqn.outvars, outs):
+      if not _is_drop(v):
+        env[v] = x
+  return [read(v) for v in jaxpr.outvars]
+
+
+def _eval_eqn(sh: _Shrink, visit: Visit, i: int, eqn, invals):
+  name = eqn.primitive.name
+  p = eqn.params
+  kids = visit.children.get(i)
+  if kids is not None and name in CALL_PRIMITIVES:
+    key = next(k for k in ("jaxpr", "call_jaxpr", "fun_jaxpr") if k in p)
+    _, consts = _jaxpr_and_consts(p[key])
+    return _eval(sh, kids[0], consts, invals)
+  if name == "scan":
+    nc, ncar = p["num_consts"], p["num_carry"]
+    _, bconsts = _jaxpr_and_consts(p["jaxpr"])
+    consts, init, xs = invals[:nc], invals[nc:nc + ncar], invals[nc + ncar:]
+
+    def body(carry, x):
+      outs = _eval(sh, kids[0], bconsts, list(consts) + list(carry) + list(x))
+      return outs[:ncar], outs[ncar:]
+
+    carry, ys = lax.scan(body, list(init), list(xs), length=p["length"], reverse=p["reverse"],
+                         unroll=p["unroll"])
+    return list(carry) + list(ys)
+  if name == "while":
+    cn, bn = p["cond_nconsts"], p["body_nconsts"]
+    _, cjc = _jaxpr_and_consts(p["cond_jaxpr"])
+    _, bjc = _jaxpr_and_consts(p["body_jaxpr"])
+    cc, bc, init = invals[:cn], invals[cn:cn + bn], invals[cn + bn:]
+    out = lax.while_loop(lambda c: _eval(sh, kids[0], cjc, list(cc) + list(c))[0],
+                         lambda c: _eval(sh, kids[1], bjc, list(bc) + list(c)), list(init))
+    return list(out)
+  if name == "cond":
+    fns = []
+    for k, br in enumerate(p["branches"]):
+      _, bcs = _jaxpr_and_consts(br)
+      fns.append(lambda *ops, k=k, bcs=bcs: _eval(sh, kids[k], bcs, list(ops)))
+    return list(lax.switch(invals[0], fns, *invals[1:]))
+  params = _rewrite_params(sh, visit, eqn, invals)
+  out = eqn.primitive.bind(*invals, **params)
+  return list(out) if eqn.primitive.multiple_results else [out]
+
+
+# ----------------------------------------------------------------------------------------------
+# Matching a user's search space to the analysis
+# ----------------------------------------------------------------------------------------------
+
+
+def _member_key(m):
+  return (m.path, m.axis, m.offset, m.width, m.outer, m.inner)
+
+
+def _match_spaces(space: SearchSpace, an: Analysis) -> list[int]:
+  """For each prunable space of ``space``: the analysis leaf atom it corresponds to."""
+  index = {}
+  for leaf, s in zip(an.space_leaves, an.space.channel_spaces):
+    for m in s.members:
+      index.setdefault(_member_key(m), set()).add(leaf)
+  # also normalise width=None vs width=size
+  out = []
+  for s in space.prunable_spaces:
+    cands = None
+    for m in s.members:
+      keys = {_member_key(m)}
+      if m.width is None:
+        keys.add((m.path, m.axis, m.offset, s.size, m.outer, m.inner))
+      elif m.width == s.size and m.offset == 0:
+        keys.add((m.path, m.axis, 0, None, m.outer, m.inner))
+      hits = set().union(*[index.get(k, set()) for k in keys])
+      cands = hits if cands is None else cands & hits
+    if not cands or len(cands) != 1:
+      raise ValueError(
+          f"compress: channel space {s.label()!r} does not correspond to a space that discovery "
+          f"finds in this function (members: {[m.describe(s.size) for m in s.members][:4]}); "
+          "compress needs the space from hj.discover(fn, variables, ...) on the same function")
+    out.append(next(iter(cands)))
+  return out
+
+
+def resolve_keep(space: SearchSpace, variables, keep) -> np.ndarray:
+  """The (num_groups,) bool keep-mask: given, or every group whose producer norm is not 0."""
+  G = space.num_groups
+  if keep is None:
+    norms = np.asarray(space.group_norms(variables))
+    return norms != 0
+  keep = np.asarray(keep)
+  if keep.dtype != bool or keep.shape != (G,):
+    raise ValueError(f"keep must be a bool array of shape ({G},), got {keep.dtype} {keep.shape}")
+  return keep
+
+
+def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
+             check_zero: bool = True, **kwargs) -> tuple[Callable, Any]:
+  """Return ``(small_fn, small_variables)`` with the dropped groups cut out of every array.
+
+  ``small_fn(small_variables, *args, **kwargs)`` equals ``fn(variables, *args, **kwargs)``
+  whenever the dropped groups' producer slices of ``variables`` are zero. ``keep`` defaults to
+  "every group whose producer norm is not exactly 0". Dropping groups that are not zero warns
+  (the result is then not equivalent); keeping no channel of a space raises.
+  """
+  an = analyse(fn, variables, *args, approximate=True, **kwargs)
+  keep = resolve_keep(space, variables, keep)
+  leaves = _match_spaces(space, an)
+  norms = np.asarray(space.group_norms(variables)) if check_zero else None
+  leaf_keep = {}
+  for s, off, leaf in zip(space.prunable_spaces, space.group_offsets, leaves):
+    k = keep[off:off + s.size]
+    if not k.any():
+      raise ValueError(f"compress: the keep-mask keeps no channel of space {s.label()!r}")
+    ans = an.space.channel_spaces[an.space_leaves.index(leaf)]
+    if not k.all() and not ans.prunable:
+      raise ValueError(f"compress: space {s.label()!r} is not zero-invariant ({ans.reason}); "
+                       "removing its channels would change the function")
+    if check_zero and not k.all():
+      dropped = norms[off:off + s.size][~k]
+      if dropped.size and float(np.max(dropped)) > 0:
+        warnings.warn(f"compress: dropping groups of space {s.label()!r} whose producer norm is not "
+                      f"zero (max {float(np.max(dropped)):.3g}); the compressed model is NOT "
+                      "equivalent to the full one", UserWarning, stacklevel=2)
+    leaf_keep[an.atoms.find(leaf)] = k
+  sh = _Shrink(an, leaf_keep)
+  tr = an.traced
+  top = an.visit
+  var_leaves = jax.tree_util.tree_leaves(variables)
+  small_leaves = [sh.slice_leaf(x, top.env[v])
+                  for x, v in zip(var_leaves, top.jaxpr.invars[:tr.num_var_leaves])]
+  small = jax.tree_util.tree_unflatten(tr.var_treedef, small_leaves)
+  consts = list(tr.closed.consts)
+
+  def small_fn(small_variables, *a, **kw):
+    vl = jax.tree_util.tree_leaves(small_variables)
+    if len(vl) != tr.num_var_leaves:
+      raise ValueError(f"small_fn: expected {tr.num_var_leaves} variable leaves, got {len(vl)}")
+    al, atree = jax.tree_util.tree_flatten((a, kw))
+    if atree != tr.arg_treedef:
+      raise ValueError("small_fn: arguments must have the structure used at compress time")
+    dyn = [x for x, d in zip(al, tr.arg_dynamic) if d]
+    outs = _eval(sh, top, consts, list(vl) + dyn)
+    return jax.tree_util.tree_unflatten(tr.out_tree, outs)
+
+  return small_fn, small
