@@ -7,6 +7,7 @@ from hesso_jax.surgery.prune import (
     prune_like,
     prune_opt_state,
     prune_space,
+    rebase_space,
     reindex_groups,
     resolve_keep,
     size_report,

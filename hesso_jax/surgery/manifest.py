@@ -37,6 +37,7 @@ from hesso_jax.surgery.prune import (
     _NNX_SUFFIX,
     _slice_leaf,
     axis_plan,
+    canonical_space,
     check_keep,
     kept_sizes,
     rebase_space,
@@ -60,7 +61,9 @@ def make_manifest(space: SearchSpace, keep: Any = None, variables: Any = None) -
     keep = resolve_keep(space, variables, None)
   k = check_keep(space, keep)
   shapes = {}
-  if variables is not None:
+  if variables is None:
+    space = canonical_space(space)
+  else:
     space = rebase_space(space, variables)
     shapes = {p: tuple(int(d) for d in np.shape(x)) for p, x in leaves_with_paths(variables)}
   plan = axis_plan(space, k)

@@ -151,10 +151,14 @@ def _fix_mha(mod: nnx.MultiHeadAttention, old) -> None:
         x = var.get_value()
         var.set_value((x * jnp.asarray(factor, x.dtype)).astype(x.dtype))
   if int(v[2]) != head_dim:
-    warnings.warn(
-        f"prune_nnx: MultiHeadAttention value head_dim ({int(v[2])}) now differs from the query/key "
-        f"head_dim ({head_dim}); the module runs, but its head_dim/qkv_features attributes describe "
-        "the query/key projections only", UserWarning, stacklevel=3)
+    msg = (f"prune_nnx: MultiHeadAttention value head_dim ({int(v[2])}) differs from the query/key "
+           f"head_dim ({head_dim}) after pruning")
+    if mod.attention_fn is _nnx_attention.dot_product_attention:
+      raise ValueError(
+          msg + "; nnx's dot_product_attention needs equal depths. Keep as many value head_dim "
+          "channels as query/key ones, or use hj.compress")
+    warnings.warn(msg + "; the custom attention_fn must support that, and the module's "
+                  "head_dim/qkv_features attributes describe query/key only", UserWarning, stacklevel=3)
   mod.num_heads = heads
   mod.num_kv_heads = kv_heads
   mod.head_dim = head_dim

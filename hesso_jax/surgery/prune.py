@@ -126,29 +126,40 @@ def _warn_nonzero_drops(space: SearchSpace, variables: Any, keep: np.ndarray) ->
 # ----------------------------------------------------------------------------------------------
 
 
-def _aliases(paths: Iterable[Path]) -> dict[Path, Path]:
-  """Spellings of a member path -> the member path (with / without nnx's trailing 'value')."""
-  alias: dict[Path, Path] = {}
-  for p in paths:
-    alias[p] = p
-  for p in paths:
+def _member_to_leaf(space: SearchSpace, tree: Any) -> dict[Path, Path]:
+  """member path -> the leaf path of ``tree`` that spells it (exact, or with/without nnx's
+  trailing 'value'), for members present in ``tree``."""
+  leaves = {lp for lp, _ in leaves_with_paths(tree)}
+  out = {}
+  for p in space.paths():
+    cands = [p, p + (_NNX_SUFFIX,)]
     if p and p[-1] == _NNX_SUFFIX:
-      alias.setdefault(p[:-1], p)
-    else:
-      alias.setdefault(p + (_NNX_SUFFIX,), p)
-  return alias
+      cands.append(p[:-1])
+    for c in cands:
+      if c in leaves:
+        out[p] = c
+        break
+  return out
 
 
-def _leaf_lookup(space: SearchSpace, tree: Any) -> dict[Path, Path]:
-  """leaf path -> member path for leaves of ``tree`` that some member of ``space`` names."""
-  alias = _aliases(space.paths())
-  return {lp: alias[lp] for lp, _ in leaves_with_paths(tree) if lp in alias}
+def _strip(p: Path) -> Path:
+  return p[:-1] if p and p[-1] == _NNX_SUFFIX else p
+
+
+def canonical_space(space: SearchSpace) -> SearchSpace:
+  """``space`` with nnx's trailing 'value' removed from every member path (one spelling)."""
+  if not any(p and p[-1] == _NNX_SUFFIX for p in space.paths()):
+    return space
+  return SearchSpace(tuple(
+      dataclasses.replace(s, members=tuple(dataclasses.replace(m, path=_strip(m.path))
+                                           for m in s.members))
+      for s in space.channel_spaces))
 
 
 def rebase_space(space: SearchSpace, tree: Any) -> SearchSpace:
   """``space`` with member paths respelled as ``tree``'s leaf paths (nnx 'value' suffix added or
   removed where that is how ``tree`` spells them). Unmatched members are left as they are."""
-  to_leaf = {mp: lp for lp, mp in _leaf_lookup(space, tree).items()}
+  to_leaf = _member_to_leaf(space, tree)
   if all(k == v for k, v in to_leaf.items()):
     return space
   return SearchSpace(tuple(
@@ -256,7 +267,7 @@ def prune(variables: Any, space: SearchSpace, keep: Any = None) -> Any:
   Warns:
     UserWarning when ``keep`` drops groups whose producer norm is not zero (not equivalent).
   """
-  if not _leaf_lookup(space, variables):
+  if not _member_to_leaf(space, variables):
     known = ", ".join(sorted(path_str(p) for p, _ in leaves_with_paths(variables))[:8])
     raise ValueError(
         "prune: no path of the search space is a leaf of the given variables (is the space "
@@ -279,20 +290,22 @@ def prune_like(tree: Any, space: SearchSpace, keep: Any, *,
   tree are skipped silently. ``keep`` must be given (bool, (num_groups,)).
   """
   k = check_keep(space, keep)
+  space = canonical_space(space)
   plan = axis_plan(space, k)
-  alias = _aliases(space.paths())
+  members = space.paths()
   roots = None if root_paths is None else [normalize_path(r) for r in root_paths]
-  maxlen = max((len(p) for p in alias), default=0)
+  maxlen = max((len(p) for p in members), default=0)
 
   def resolve(lp: Path):
+    lp = _strip(lp)
     if roots is not None:
       for r in roots:
-        if lp[:len(r)] == r and lp[len(r):] in alias:
-          return alias[lp[len(r):]]
+        if lp[:len(r)] == r and lp[len(r):] in members:
+          return lp[len(r):]
       return None
     for n in range(min(len(lp), maxlen), 0, -1):
-      if lp[-n:] in alias:
-        return alias[lp[-n:]]
+      if lp[-n:] in members:
+        return lp[-n:]
     return None
 
   out, _ = _apply_plan(tree, plan, resolve)
@@ -331,10 +344,10 @@ def prune_opt_state(opt_state: Any, params: Any, space: SearchSpace, keep: Any, 
   g = space.num_groups
   pdef = jax.tree_util.tree_structure(params)
   pshapes = [np.shape(x) for x in jax.tree_util.tree_leaves(params)]
-  plan = axis_plan(space, k)
-  lookup = _leaf_lookup(space, params)
-  if not lookup:
+  if not _member_to_leaf(space, params):
     raise ValueError("prune_opt_state: no path of the search space is a leaf of params")
+  space = rebase_space(space, params)
+  plan = axis_plan(space, k)
   kidx = np.flatnonzero(k)
 
   def is_mirror(node):
@@ -352,8 +365,7 @@ def prune_opt_state(opt_state: Any, params: Any, space: SearchSpace, keep: Any, 
       pl = leaves_with_paths(params)
       new = []
       for (pp, _), x in zip(pl, leaves):
-        mp = lookup.get(pp)
-        new.append(_slice_leaf(x, plan[mp], path_str(pp)) if mp is not None and mp in plan else x)
+        new.append(_slice_leaf(x, plan[pp], path_str(pp)) if pp in plan else x)
       return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(node), new)
     if isinstance(node, (jax.Array, np.ndarray)) and np.shape(node) == (g,) and group_vectors != "keep":
       if group_vectors == "reindex":
@@ -391,7 +403,7 @@ def size_report(space: SearchSpace, keep: Any) -> dict[str, dict[int, tuple[int,
   """{parameter path 'params/conv1/kernel': {axis: (old length, new length)}} for every axis a
   prunable space touches, so a linen user can rebuild module configs (features=new length)."""
   k = check_keep(space, keep)
-  plan = axis_plan(space, k)
+  plan = axis_plan(canonical_space(space), k)
   return {path_str(p): {a: (int(m.shape[0]), int(m.sum())) for a, m in sorted(axes.items())}
           for p, axes in sorted(plan.items(), key=lambda kv: path_str(kv[0]))}
 
@@ -404,13 +416,13 @@ def prune_space(space: SearchSpace, keep: Any) -> SearchSpace:
   be expressed as a layout).
   """
   k = check_keep(space, keep)
-  plan = axis_plan(space, k)
+  plan = axis_plan(canonical_space(space), k)
   new_spaces = []
   for s in space.channel_spaces:
     new_members, new_size = [], None
     for m in s.members:
       L = m.axis_length(s.size)
-      mask = plan.get(m.path, {}).get(m.axis)
+      mask = plan.get(_strip(m.path), {}).get(m.axis)
       if mask is None:
         mask = np.ones((L,), bool)
       w = m.block(s.size)
