@@ -233,6 +233,17 @@ def select_groups(scores: jax.Array, eligible: jax.Array, quota: Any, space: Sea
   return sel & (within < a2[ids])
 
 
+def _cond(pred, true_fn, false_fn, operands):
+  """``lax.cond``, or a plain Python branch when ``pred`` is concrete (eager use).
+
+  Under ``jit`` the predicate is traced and ``lax.cond`` is used (one compiled step). Eagerly,
+  ``lax.cond`` would re-trace and re-compile its closures on every call.
+  """
+  if isinstance(pred, jax.core.Tracer):
+    return jax.lax.cond(pred, true_fn, false_fn, operands)
+  return true_fn(operands) if bool(pred) else false_fn(operands)
+
+
 def _find_states(opt_state: Any, types: tuple) -> list:
   found = []
 
@@ -420,8 +431,8 @@ def hesso(
         new = select_groups(scores, ~rem, quota, sp, rem, multiple_of)
         return red | new
 
-      redundant = jax.lax.cond(in_window & (j == 0), _select, lambda ops: ops[2],
-                               (params, u, redundant, pruned))
+      redundant = _cond(in_window & (j == 0), _select, lambda ops: ops[2],
+                        (params, u, redundant, pruned))
       factor = (T - j - 1).astype(jnp.float32) / (T - j).astype(jnp.float32)
       out = masked_updates(u, params, sp, forget=redundant & in_window, factor=factor, zero=pruned)
       commit = in_window & (j == T - 1)

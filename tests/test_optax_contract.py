@@ -1,0 +1,262 @@
+"""optax contract, in the spirit of optax/contrib/_common_test.py: inject_hyperparams, MultiSteps,
+chains, extra args, flax.nnx.Optimizer, dtypes, stable state, non-finite gradients."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import hesso_jax as hj
+from hesso_jax.space import CONSUMER, AxisSlice, ChannelSpace, SearchSpace
+
+DIMS = (4, 8, 6, 3)
+
+
+def mlp(seed=0, dims=DIMS, dtype=jnp.float32):
+  key = jax.random.PRNGKey(seed)
+  params = {}
+  for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+    k1, k2, key = jax.random.split(key, 3)
+    params[f"l{i}"] = {"kernel": (jax.random.normal(k1, (a, b)) / math.sqrt(a)).astype(dtype),
+                       "bias": (0.1 * jax.random.normal(k2, (b,))).astype(dtype)}
+  return params, mlp_space(dims)
+
+
+def mlp_space(dims=DIMS, suffix=()):
+  spaces = []
+  for i in range(len(dims) - 2):
+    spaces.append(ChannelSpace(dims[i + 1], (
+        AxisSlice((f"l{i}", "kernel") + suffix, 1), AxisSlice((f"l{i}", "bias") + suffix, 0),
+        AxisSlice((f"l{i + 1}", "kernel") + suffix, 0, CONSUMER)), name=f"h{i}"))
+  n = len(dims) - 2
+  spaces.append(ChannelSpace(dims[-1], (AxisSlice((f"l{n}", "kernel") + suffix, 1),),
+                             prunable=False, reason="output"))
+  return SearchSpace(tuple(spaces))
+
+
+def loss_fn(params, x, y):
+  h = x
+  n = len(params)
+  for i in range(n):
+    h = h @ params[f"l{i}"]["kernel"] + params[f"l{i}"]["bias"]
+    if i < n - 1:
+      h = jax.nn.relu(h)
+  return jnp.mean((h.astype(jnp.float32) - y) ** 2)
+
+
+X = jax.random.normal(jax.random.PRNGKey(1), (16, DIMS[0]))
+Y = jax.random.normal(jax.random.PRNGKey(2), (16, DIMS[-1]))
+G = sum(DIMS[1:-1])
+
+
+def _assert_pruned_zero(space, params, mask):
+  norms = np.asarray(space.group_norms(params))
+  assert np.all(norms[np.asarray(mask)] == 0.0)
+
+
+def test_inject_hyperparams_learning_rate_and_target_sparsity():
+  params, space = mlp()
+  tx = optax.inject_hyperparams(hj.hesso)(
+      base_tx=optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), space=space,
+      target_group_sparsity=0.25, warmup_steps=1, pruning_steps=2, pruning_periods=1)
+  traces = []
+
+  @jax.jit
+  def step(p, st):
+    traces.append(1)
+    g = jax.grad(loss_fn)(p, X, Y)
+    u, st = tx.update(g, st, p)
+    return optax.apply_updates(p, u), st
+
+  for s in (0.25, 0.5):
+    st = tx.init(params)
+    st.hyperparams["target_group_sparsity"] = jnp.asarray(s, jnp.float32)
+    p = params
+    for _ in range(4):
+      p, st = step(p, st)
+    assert int(hj.pruned_mask(st).sum()) == math.floor(G * s)
+    _assert_pruned_zero(space, p, hj.pruned_mask(st))
+  assert len(traces) == 1  # the sparsity is a traced value: no retrace
+
+  # learning rate of the base, injected and set to 0 through tree_set: only forgetting moves params
+  st = optax.tree_utils.tree_set(tx.init(params), learning_rate=jnp.asarray(0.0))
+  p = params
+  for _ in range(4):
+    p, st = step(p, st)
+  pr = np.asarray(hj.pruned_mask(st))
+  norms0, norms = np.asarray(space.group_norms(params)), np.asarray(space.group_norms(p))
+  np.testing.assert_array_equal(norms[~pr], norms0[~pr])
+  assert np.all(norms[pr] == 0.0) and pr.sum() == math.floor(G * 0.25)
+
+
+def test_multisteps_wrapper():
+  params, space = mlp()
+  inner = hj.hesso(optax.adam(1e-2), space, target_group_sparsity=0.5, warmup_steps=1,
+                   pruning_steps=2)
+  tx = optax.MultiSteps(inner, every_k_schedule=3)
+  st = tx.init(params)
+
+  @jax.jit
+  def step(p, st):
+    g = jax.grad(loss_fn)(p, X, Y)
+    u, st = tx.update(g, st, p)
+    return optax.apply_updates(p, u), st
+
+  p = params
+  for i in range(12):
+    p, st = step(p, st)
+    mask = hj.pruned_mask(st)
+    _assert_pruned_zero(space, p, mask)
+  assert int(hj.pruned_mask(st).sum()) == G // 2
+  assert int(st.inner_opt_state.count) == 4  # HESSO counts real (accumulated) steps
+
+
+def test_chain_with_clipping_as_base_and_extra_args_forwarded():
+  params, space = mlp()
+
+  def scale_by_value():
+    def update(u, s, p=None, *, value, **kw):
+      return jax.tree_util.tree_map(lambda x: x * value, u), s
+    return optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update)
+
+  base = optax.chain(optax.clip_by_global_norm(0.5), scale_by_value(), optax.sgd(0.1))
+  tx = hj.hesso(base, space, target_group_sparsity=0.5, warmup_steps=0, pruning_steps=2)
+  st, bst = tx.init(params), base.init(params)
+  g = jax.grad(loss_fn)(params, X, Y)
+
+  @jax.jit
+  def both(g, st, bst, p):
+    u, st = tx.update(g, st, p, value=-2.0)
+    ub, _ = base.update(g, bst, p, value=-2.0)
+    return u, ub, st
+
+  u, ub, st = both(g, st, bst, params)
+  red = space.group_mask_tree(st.redundant, params)
+  for a, b, m in zip(jax.tree_util.tree_leaves(u), jax.tree_util.tree_leaves(ub),
+                     jax.tree_util.tree_leaves(red)):
+    m = np.broadcast_to(np.asarray(m), a.shape)
+    np.testing.assert_array_equal(np.asarray(a)[~m], np.asarray(b)[~m])
+  with pytest.raises(TypeError):  # the base needs `value`: missing extra arg surfaces
+    tx.update(g, st, params)
+
+
+def test_pruned_mask_inside_chain_and_tree_get():
+  params, space = mlp()
+  tx = optax.chain(hj.hesso(optax.sgd(0.1), space, target_group_sparsity=0.5, warmup_steps=0,
+                            pruning_steps=1))
+  st = tx.init(params)
+  g = jax.grad(loss_fn)(params, X, Y)
+  _, st = jax.jit(tx.update)(g, st, params)
+  assert hj.pruned_mask(st).shape == (G,) and hj.pruned_mask(st).dtype == jnp.bool_
+  assert int(hj.pruned_mask(st).sum()) == G // 2
+  np.testing.assert_array_equal(optax.tree_utils.tree_get(st, "pruned"), hj.pruned_mask(st))
+  assert hj.redundant_mask(st).shape == (G,)
+
+
+class NnxMLP(nnx.Module):
+  def __init__(self, rngs):
+    self.l0 = nnx.Linear(DIMS[0], DIMS[1], rngs=rngs)
+    self.l1 = nnx.Linear(DIMS[1], DIMS[2], rngs=rngs)
+    self.l2 = nnx.Linear(DIMS[2], DIMS[3], rngs=rngs)
+
+  def __call__(self, x):
+    return self.l2(jax.nn.relu(self.l1(jax.nn.relu(self.l0(x)))))
+
+
+@pytest.mark.parametrize("suffix", [(), ("value",)])
+def test_flax_nnx_optimizer(suffix):
+  model = NnxMLP(nnx.Rngs(0))
+  # nnx.state(model, nnx.Param) flattens to ('l0', 'kernel', 'value'); Optimizer.update hands the
+  # transformation nnx.as_pure(...) trees with paths ('l0', 'kernel'). Either spelling works.
+  paths = [p for p, _ in hj.space.leaves_with_paths(nnx.state(model, nnx.Param))]
+  assert ("l0", "kernel", "value") in paths
+  space = mlp_space(suffix=suffix)
+  tx = hj.hesso(optax.adam(1e-2), space, target_group_sparsity=0.5, warmup_steps=1,
+                pruning_steps=2)
+  opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  @nnx.jit
+  def train_step(model, opt):
+    grads = nnx.grad(lambda m: jnp.mean((m(X) - Y) ** 2))(model)
+    opt.update(model, grads)
+
+  for _ in range(4):
+    train_step(model, opt)
+  mask = hj.pruned_mask(opt.opt_state)
+  assert int(mask.sum()) == G // 2
+  pure = nnx.as_pure(nnx.state(model, nnx.Param))
+  _assert_pruned_zero(mlp_space(), pure, mask)
+
+
+def test_bf16_params_stay_bf16_and_zeros_are_exact():
+  params, space = mlp(dtype=jnp.bfloat16)
+  tx = hj.hesso(optax.sgd(0.05, momentum=0.9), space, target_group_sparsity=0.5, warmup_steps=1,
+                pruning_steps=3)
+  st = tx.init(params)
+
+  @jax.jit
+  def step(p, st):
+    g = jax.grad(loss_fn)(p, X, Y)
+    u, st = tx.update(g, st, p)
+    return optax.apply_updates(p, u), st, u
+
+  p = params
+  for _ in range(6):
+    p, st, u = step(p, st)
+    chex.assert_trees_all_equal_dtypes(p, params)
+    chex.assert_trees_all_equal_dtypes(u, params)
+  assert int(st.pruned.sum()) == G // 2
+  _assert_pruned_zero(space, p, st.pruned)
+
+
+def test_state_shapes_and_dtypes_stable_across_steps():
+  params, space = mlp()
+  tx = hj.hesso(optax.adamw(1e-2), space, target_group_sparsity=0.5, warmup_steps=1,
+                pruning_steps=4, pruning_periods=2)
+  st0 = tx.init(params)
+  traces = []
+
+  @jax.jit
+  def step(p, st):
+    traces.append(1)
+    g = jax.grad(loss_fn)(p, X, Y)
+    u, st = tx.update(g, st, p)
+    return optax.apply_updates(p, u), st
+
+  p, st = params, st0
+  for _ in range(7):
+    p, st = step(p, st)
+    chex.assert_trees_all_equal_shapes_and_dtypes(st, st0)
+  assert len(traces) == 1
+  assert int(st.count) == 7
+
+
+def test_non_finite_grads_do_not_select_groups():
+  params, space = mlp()
+  tx = hj.hesso(optax.sgd(0.1), space, target_group_sparsity=0.5, warmup_steps=0, pruning_steps=4,
+                pruning_periods=2)  # T = 2: selections at steps 0 and 2, quotas 3 then 7 total
+  update = jax.jit(tx.update)
+  st = tx.init(params)
+  g = jax.grad(loss_fn)(params, X, Y)
+
+  # one group's gradient is NaN at a selection step: that group is never picked
+  g_bad = jax.tree_util.tree_map(lambda x: x, g)
+  g_bad["l0"]["kernel"] = g_bad["l0"]["kernel"].at[:, 2].set(jnp.nan)
+  _, st1 = update(g_bad, st, params)
+  red = np.asarray(st1.redundant)
+  assert not red[2] and red.sum() == G // 2 // 2
+  assert st1.redundant.dtype == jnp.bool_
+
+  # all gradients non-finite: nothing is selected; the quota is caught up at the next period
+  g_inf = jax.tree_util.tree_map(lambda x: jnp.full_like(x, jnp.inf), g)
+  _, st1 = update(g_inf, st, params)
+  assert not np.any(np.asarray(st1.redundant)) and not np.any(np.asarray(st1.pruned))
+  st = st1
+  for _ in range(3):  # the step with bad grads was skipped by the caller (params not updated)
+    _, st = update(g, st, params)
+  assert int(st.pruned.sum()) == G // 2
