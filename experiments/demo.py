@@ -104,23 +104,27 @@ def main(argv=None):
   gs = H.group_sparsity(space_p, sp.variables["params"])
   kept, count_src = H.kept_param_count(space, sp.variables)
   diff, check_src = removable_check(model, space, sp.variables, jnp.asarray(ds.x_test))
+  fl_dense = H.flops_report(model, space, dense.variables, jnp.asarray(ds.x_test[:1])).get("flops")
+  fl_sp = H.flops_report(model, space, sp.variables, jnp.asarray(ds.x_test[:1])).get("flops_compressed")
 
   rows = [
       {"optimizer": "dense", "accuracy": dense_eval["accuracy"], "group_sparsity": 0.0,
-       "params_kept": n_params, "train_seconds": dense.seconds},
+       "params_kept": n_params, "flops": fl_dense, "train_seconds": dense.seconds},
       {"optimizer": "hesso", "accuracy": sp_eval["accuracy"], "group_sparsity": gs,
-       "params_kept": kept, "train_seconds": sp.seconds},
+       "params_kept": kept, "flops": fl_sp, "train_seconds": sp.seconds},
   ]
   print()
-  print(f"{'run':<10} {'test acc':>9} {'group sparsity':>15} {'params kept':>18} {'train s':>8}")
-  print("-" * 64)
+  print(f"{'run':<10} {'test acc':>9} {'group sparsity':>15} {'params kept':>18} "
+        f"{'MFLOPs/img':>11} {'train s':>8}")
+  print("-" * 76)
   for r in rows:
     pk = f"{r['params_kept']:,} ({100 * r['params_kept'] / n_params:.0f}%)"
+    fl = "n/a" if r["flops"] is None else f"{r['flops'] / 1e6:.3f}"
     print(f"{r['optimizer']:<10} {100 * r['accuracy']:>8.2f}% {100 * r['group_sparsity']:>14.1f}% "
-          f"{pk:>18} {r['train_seconds']:>8.1f}")
+          f"{pk:>18} {fl:>11} {r['train_seconds']:>8.1f}")
   drop = 100 * (dense_eval["accuracy"] - sp_eval["accuracy"])
-  print("-" * 64)
-  print(f"accuracy change vs dense: {-drop:+.2f} points (target: within 1 point); "
+  print("-" * 76)
+  print(f"accuracy change vs dense: {0.0 - drop:+.2f} points (target: within 1 point); "
         f"{int(round(gs * space_p.num_groups))}/{space_p.num_groups} groups removed")
   print(f"removability check ({check_src}): max |output difference| = {diff:.2e}")
   print(f"sources: space={space_src}, optimizer={tx_src}, params kept={count_src}; "

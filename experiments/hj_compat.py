@@ -173,3 +173,23 @@ def kept_param_count(space: SearchSpace, variables, keep: np.ndarray | None = No
     total += math.prod(int(axis_keep[(path, a)].sum()) if (path, a) in axis_keep else d
                        for a, d in enumerate(shp))
   return total, "paper count"
+
+
+def flops_report(model, space, variables, x) -> dict:
+  """Per-example FLOPs (``hj.count``) of the full model and, when ``hj.compress`` exists, of the
+  compressed one (dropped groups: those whose producer norm is 0), plus the max |difference| of
+  their outputs on ``x[:1]``."""
+  x = x[:1]
+  out: dict[str, Any] = {}
+  if not has("count"):
+    return out
+  fn = lambda v, xb: model.apply(v, xb, train=False)
+  try:
+    out["flops"] = hj.count(fn, variables, x)["flops"]
+    if has("compress"):
+      small_fn, small = hj.compress(fn, variables, space, x)
+      out["flops_compressed"] = hj.count(small_fn, small, x)["flops"]
+      out["compress_max_abs_diff"] = float(jnp.max(jnp.abs(small_fn(small, x) - fn(variables, x))))
+  except Exception as e:  # noqa: BLE001 -- a report, not a reason to lose the run
+    out["flops_error"] = f"{type(e).__name__}: {e}"
+  return out

@@ -101,23 +101,6 @@ def load_task(task: str, small: bool, cfg: TaskConfig, seed: int):
   return model, it, ds.x_train[:2], ev, info
 
 
-def flops_report(model, space, variables, x) -> dict:
-  """Dense and (when hj.compress exists) compressed FLOPs from ``hj.count``."""
-  out: dict[str, Any] = {}
-  if not H.has("count"):
-    return out
-  fn = lambda v, xb: model.apply(v, xb, train=False)
-  try:
-    out["flops"] = hj.count(fn, variables, x)["flops"]
-    if H.has("compress"):
-      small_fn, small = hj.compress(fn, variables, space, x)
-      out["flops_compressed"] = hj.count(small_fn, small, x)["flops"]
-      out["compress_max_abs_diff"] = float(jnp.max(jnp.abs(small_fn(small, x) - fn(variables, x))))
-  except Exception as e:  # noqa: BLE001 -- a report, not a reason to lose the run
-    out["flops_error"] = f"{type(e).__name__}: {e}"
-  return out
-
-
 def run(task: str, optimizer: str, sparsity: float = 0.5, *, steps: int | None = None,
         small: bool = False, seed: int = 0, lr: float | None = None, out_dir: str | None = None,
         progress: bool = True, plots: bool = True) -> dict:
@@ -168,7 +151,7 @@ def run(task: str, optimizer: str, sparsity: float = 0.5, *, steps: int | None =
   if space_p is not None and space_p.num_groups:
     record["group_sparsity"] = H.group_sparsity(space_p, res.variables["params"])
     record["params_kept"], record["params_kept_source"] = H.kept_param_count(space, res.variables)
-    record.update(flops_report(model, space, res.variables, jnp.asarray(x_ex)))
+    record.update(H.flops_report(model, space, res.variables, jnp.asarray(x_ex)))
   else:
     record["group_sparsity"], record["params_kept"] = 0.0, n_params
   record["history"] = res.history
