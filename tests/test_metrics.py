@@ -126,9 +126,8 @@ def test_count_params_nnx():
 
 
 def test_sparsity_report():
-  k = jax.random.split(jax.random.PRNGKey(0), 3)
-  v = {"a": jax.random.normal(k[0], (3, 6)), "b": jax.random.normal(k[1], (6,)),
-       "c": jax.random.normal(k[2], (6, 2))}
+  rng = np.random.default_rng(0)
+  v = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in (("a", (3, 6)), ("b", (6,)), ("c", (6, 2)))}
   space = hj.SearchSpace.from_channel_spaces(
       [C(6, (A("a", 1), A("b", 0), A("c", 0, CONSUMER)), name="h"),
        C(2, (A("c", 1),), prunable=False, reason="output", name="out")], v)

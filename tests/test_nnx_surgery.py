@@ -15,6 +15,20 @@ from hesso_jax import ChannelSpace as C
 from hesso_jax.space import CONSUMER, STATE
 
 
+def _build(cls, seed=0):
+  """An instance of ``cls`` with numpy-random weights (no per-shape eager init compiles: fast)."""
+  g, st = nnx.split(nnx.eval_shape(lambda: cls(nnx.Rngs(0))))
+  rng = np.random.default_rng(seed)
+
+  def fill(p, x):
+    a = rng.normal(size=x.shape).astype(x.dtype) * 0.5
+    if "var" in str(p):
+      a = np.abs(a) + 0.5
+    return jnp.asarray(a)
+
+  return nnx.merge(g, jax.tree_util.tree_map_with_path(fill, st))
+
+
 def _nparams(model):
   return sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
 
@@ -56,13 +70,13 @@ def _mlp_space(model):
 
 
 def test_prune_nnx_mlp_equivalent_and_smaller():
-  model = MLP(nnx.Rngs(0))
+  model = _build(MLP)
   space = _mlp_space(model)
   drop = _random_drop(space, 0)
   masked = _zeroed(model, space, drop)
   before = jax.tree_util.tree_map(jnp.shape, nnx.state(masked))
   small = hj.prune_nnx(masked, space)
-  x = jax.random.normal(jax.random.PRNGKey(1), (5, 6))
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(5, 6)), jnp.float32)
   chex.assert_trees_all_close(small(x), masked(x), atol=1e-5, rtol=0)
   assert _nparams(small) < _nparams(masked)
   n1 = 16 - int((drop < 16).sum())
@@ -104,19 +118,13 @@ def _cnn_space():
 
 
 def test_prune_nnx_cnn_batchnorm_depthwise():
-  model = CNN(nnx.Rngs(0))
-  # non-trivial running statistics
-  g, st = nnx.split(model)
-  st = jax.tree_util.tree_map_with_path(
-      lambda p, x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(len(p)), x.shape)
-      if "mean" in str(p) else (x * 1.7 if "var" in str(p) else x), st)
-  model = nnx.merge(g, st)
+  model = _build(CNN)  # random (non-trivial) running statistics too
   space = _cnn_space()
   space.validate(nnx.state(model).to_pure_dict())
   drop = _random_drop(space, 3)
   masked = _zeroed(model, space, drop)
   small = hj.prune_nnx(masked, space)
-  x = jax.random.normal(jax.random.PRNGKey(2), (2, 9, 9, 3))
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 9, 9, 3)), jnp.float32)
   chex.assert_trees_all_close(small(x), masked(x), atol=1e-5, rtol=0)
   # unmasked model differs (the test can fail)
   assert float(jnp.abs(model(x) - masked(x)).max()) > 1e-4
@@ -154,7 +162,7 @@ def _attn_space():
 
 
 def test_prune_nnx_attention_heads_head_dim_embed():
-  model = Attn(nnx.Rngs(0))
+  model = _build(Attn)
   space = _attn_space()
   space.validate(nnx.state(model).to_pure_dict())
   # drop head 2, qk head_dim 1, v head_dim 3, embedding features 0 and 5
@@ -175,7 +183,7 @@ def test_prune_nnx_attention_heads_head_dim_embed():
 
 
 def test_prune_nnx_unequal_value_head_dim_raises():
-  model = Attn(nnx.Rngs(1))
+  model = _build(Attn, 1)
   space = _attn_space()
   masked = _zeroed(model, space, np.array([4 + 1]))  # only a qk head_dim: value head_dim stays 4
   with pytest.raises(ValueError, match="value head_dim"):
@@ -185,7 +193,7 @@ def test_prune_nnx_unequal_value_head_dim_raises():
 
 
 def test_prune_nnx_errors_and_nonzero_warning():
-  model = MLP(nnx.Rngs(0))
+  model = _build(MLP)
   space = _mlp_space(model)
   keep = np.ones(space.num_groups, bool)
   keep[:16] = False

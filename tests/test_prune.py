@@ -22,13 +22,14 @@ from hesso_jax.space import CONSUMER, STATE
 
 
 def _mlp_vars(seed=0):
-  k = jax.random.split(jax.random.PRNGKey(seed), 6)
+  rng = np.random.default_rng(seed)
+  n = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
   return {
       "params": {
-          "d1": {"kernel": jax.random.normal(k[0], (5, 8)), "bias": jax.random.normal(k[1], (8,))},
-          "bn": {"scale": jax.random.normal(k[2], (8,)), "bias": jax.random.normal(k[3], (8,))},
-          "d2": {"kernel": jax.random.normal(k[4], (8, 6)), "bias": jax.random.normal(k[5], (6,))},
-          "d3": {"kernel": jax.random.normal(k[0], (6, 3))},
+          "d1": {"kernel": n(5, 8), "bias": n(8)},
+          "bn": {"scale": n(8), "bias": n(8)},
+          "d2": {"kernel": n(8, 6), "bias": n(6)},
+          "d3": {"kernel": n(6, 3)},
       },
       "batch_stats": {"bn": {"mean": jnp.linspace(-1, 1, 8), "var": jnp.linspace(0.5, 2, 8)}},
   }
@@ -74,7 +75,7 @@ def test_prune_default_keep_is_equivalent_and_smaller():
   assert s["batch_stats"]["bn"]["var"] == (5,)
   assert s["params"]["d2"]["kernel"] == (5, 4)
   assert s["params"]["d3"]["kernel"] == (4, 3)
-  x = jax.random.normal(jax.random.PRNGKey(1), (7, 5))
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(7, 5)), jnp.float32)
   chex.assert_trees_all_close(_mlp_apply(small, x), _mlp_apply(vz, x), atol=1e-5, rtol=0)
   # the kept entries are exactly the kept channels, in order
   kept = np.array([0, 2, 3, 5, 6])
@@ -276,7 +277,7 @@ def test_manifest_orbax_roundtrip(tmp_path):
 
   net = Net()
   x = jnp.ones((2, 4))
-  v = net.init(jax.random.PRNGKey(0), x)
+  v = jax.jit(net.init)(jax.random.PRNGKey(0), x)
   space = hj.SearchSpace.from_channel_spaces(
       [C(8, (A("params/d1/kernel", 1), A("params/d1/bias", 0), A("params/d2/kernel", 0, CONSUMER)))], v)
   vz = space.zero_groups(v, jnp.array([0, 3, 4]))
@@ -300,3 +301,28 @@ def test_manifest_orbax_roundtrip(tmp_path):
       return nn.Dense(3, name="d2")(x)
 
   chex.assert_trees_all_close(SmallNet().apply(restored, x), net.apply(vz, x), atol=1e-5)
+
+
+def test_prune_opt_state_hesso_state_reindexed():
+  v = _mlp_vars()
+  space = _mlp_space(v).subtree("params")
+  params = v["params"]
+  tx = hj.hesso(optax.sgd(0.1), space, target_group_sparsity=0.5, warmup_steps=0, pruning_steps=2)
+  state = tx.init(params)
+  grads = jax.tree_util.tree_map(jnp.ones_like, params)
+  step = jax.jit(tx.update)
+  for _ in range(3):
+    upd, state = step(grads, state, params)
+    params = optax.apply_updates(params, upd)
+  pruned = np.asarray(hj.pruned_mask(state))
+  assert pruned.sum() == 7  # floor(14 * 0.5)
+  keep = ~pruned
+  small = hj.prune(params, space)  # default keep == ~pruned (exact zeros)
+  small_state = hj.prune_opt_state(state, params, space, keep)
+  assert hj.pruned_mask(small_state).shape == (7,) and not np.asarray(hj.pruned_mask(small_state)).any()
+  assert small["d1"]["kernel"].shape[1] + small["d2"]["kernel"].shape[1] == 7
+  # fine-tuning continues with a HESSO over the pruned space (nothing more to prune)
+  tx2 = hj.hesso(optax.sgd(0.1), hj.prune_space(space, keep), target_group_sparsity=0.0,
+                 warmup_steps=0, pruning_steps=2)
+  upd, _ = tx2.update(jax.tree_util.tree_map(jnp.ones_like, small), small_state, small)
+  chex.assert_trees_all_equal_shapes(upd, small)
