@@ -131,6 +131,19 @@ def test_prune_concatenation_offsets():
   assert new.channel_spaces[1].members[1].offset == 2 and new.channel_spaces[1].members[1].width == 3
 
 
+def test_prune_abstract_leaves():
+  v = _mlp_vars()
+  space = _mlp_space(v)
+  keep = np.ones(space.num_groups, bool)
+  keep[[0, 9]] = False
+  abstract = jax.eval_shape(lambda: v)
+  small_abs = hj.prune(abstract, space, keep)
+  assert isinstance(small_abs["params"]["d1"]["kernel"], jax.ShapeDtypeStruct)
+  chex.assert_trees_all_equal_shapes(small_abs, hj.prune(space.zero_groups(v, ~keep), space, keep))
+  with pytest.raises(ValueError, match="concrete"):
+    hj.prune(abstract, space)
+
+
 def test_prune_errors():
   v = _mlp_vars()
   space = _mlp_space(v)

@@ -101,6 +101,9 @@ def default_keep(space: SearchSpace, variables: Any) -> np.ndarray:
   """
   space = rebase_space(space, variables)
   present = {p for p, _ in leaves_with_paths(variables)}
+  if any(isinstance(x, jax.ShapeDtypeStruct) for _, x in leaves_with_paths(variables)):
+    raise ValueError("keep=None needs concrete arrays to compute group norms; the given tree has "
+                     "jax.ShapeDtypeStruct leaves: pass an explicit keep-mask")
   for s in space.prunable_spaces:
     if not any(m.path in present for m in s.producers()):
       raise ValueError(
@@ -113,8 +116,11 @@ def default_keep(space: SearchSpace, variables: Any) -> np.ndarray:
 def _warn_nonzero_drops(space: SearchSpace, variables: Any, keep: np.ndarray) -> None:
   """UserWarning per space whose dropped groups have non-zero producer norm."""
   space = rebase_space(space, variables)
-  present = {p for p, _ in leaves_with_paths(variables)}
+  # only concrete producer leaves can be measured (abstract ShapeDtypeStruct trees: no check)
+  present = {p for p, x in leaves_with_paths(variables) if not isinstance(x, jax.ShapeDtypeStruct)}
   if not any(m.path in present for s in space.prunable_spaces for m in s.producers()):
+    return
+  if len(present) != len(leaves_with_paths(variables)):
     return
   norms = _group_norms(space, variables)
   for s, off, lab in zip(space.prunable_spaces, space.group_offsets, _space_labels(space, True)):
