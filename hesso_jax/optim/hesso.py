@@ -140,8 +140,9 @@ def masked_updates(updates: Any, params: Any, space: SearchSpace, *, forget: jax
       forget[g]    ->  (x + u) * factor - x    (new value (x + u) * factor)
       otherwise    ->  u  (passed through unchanged by ``jnp.where``)
 
-  If ``restore`` (a tree like ``params``) is given, where ``restore_when`` is true every element of
-  every leaf instead gets ``restore - x`` (then the zero mask still applies on top).
+  If ``restore`` (a tree like ``params``) is given, where ``restore_when`` is true ``u`` is first
+  replaced by ``restore - x`` for every element of every leaf (so forgetting then scales the
+  restored value, and the zero mask still applies on top).
   The result dtype is ``result_type(u, x)`` (== u's dtype when they agree).
   """
   G = space.num_groups
@@ -158,23 +159,40 @@ def masked_updates(updates: Any, params: Any, space: SearchSpace, *, forget: jax
 
   out = []
   for path, u, x, z, f, c in zip(paths, flat_u, flat_x, flat_z, flat_f, flat_c):
-    if u is None:
-      out.append(u)
-      continue
     dt = jnp.result_type(u, x)
     new = jnp.asarray(u).astype(dt)
     xx = jnp.asarray(x).astype(dt)
+    if c is not None:
+      new = jnp.where(restore_when, (jnp.asarray(c).astype(dt) - xx), new)
     if path in touched and f is not None:
       cdt = jnp.promote_types(dt, jnp.float32)
       fac = jnp.asarray(factor, cdt)
       forgot = ((xx.astype(cdt) + new.astype(cdt)) * fac - xx.astype(cdt)).astype(dt)
       new = jnp.where(f, forgot, new)
-    if c is not None:
-      new = jnp.where(restore_when, (jnp.asarray(c).astype(dt) - xx), new)
     if path in touched and z is not None:
       new = jnp.where(z, -xx, new)
     out.append(new)
   return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def within_space_rank(scores: jax.Array, space: SearchSpace) -> jax.Array:
+  """int32 (G,): rank of each group's score inside its own space (0 = lowest; ties by index)."""
+  G = space.num_groups
+  ids_np = space.space_ids()
+  offs_np = np.array(space.group_offsets, np.int32)
+  arange = jnp.arange(G, dtype=jnp.int32)
+  perm = jnp.lexsort((arange, jnp.asarray(scores), jnp.asarray(ids_np)))
+  pos_in_space = jnp.asarray(np.arange(G, dtype=np.int32) - offs_np[ids_np])  # static
+  return jnp.zeros((G,), jnp.int32).at[perm].set(pos_in_space)
+
+
+def lowest_k(scores: jax.Array, k: Any) -> jax.Array:
+  """bool (G,): the ``k`` lowest finite scores, globally (ties by index)."""
+  G = scores.shape[0]
+  sc = jnp.where(jnp.isfinite(scores), scores, jnp.inf)
+  order = jnp.argsort(sc, stable=True)
+  rank = jnp.zeros((G,), jnp.int32).at[order].set(jnp.arange(G, dtype=jnp.int32))
+  return jnp.isfinite(scores) & (rank < jnp.asarray(k, jnp.int32))
 
 
 def select_groups(scores: jax.Array, eligible: jax.Array, quota: Any, space: SearchSpace,
@@ -196,11 +214,9 @@ def select_groups(scores: jax.Array, eligible: jax.Array, quota: Any, space: Sea
   G = space.num_groups
   if G == 0:
     return jnp.zeros((0,), bool)
-  ids_np = space.space_ids()
   S = len(space.prunable_spaces)
   sizes_np = np.array([s.size for s in space.prunable_spaces], np.int32)
-  offs_np = np.array(space.group_offsets, np.int32)
-  ids = jnp.asarray(ids_np)
+  ids = jnp.asarray(space.space_ids())
   sizes = jnp.asarray(sizes_np)
   m = jnp.maximum(jnp.asarray(multiple_of, jnp.int32), 1)
 
@@ -208,11 +224,7 @@ def select_groups(scores: jax.Array, eligible: jax.Array, quota: Any, space: Sea
   eligible = eligible & jnp.isfinite(scores)
   sc = jnp.where(eligible, scores, jnp.inf)
   arange = jnp.arange(G, dtype=jnp.int32)
-
-  # Rank inside each space (lexsort: space id major, then score, then index).
-  perm = jnp.lexsort((arange, sc, ids))
-  pos_in_space = jnp.asarray(np.arange(G, dtype=np.int32) - offs_np[ids_np])  # static
-  within = jnp.zeros((G,), jnp.int32).at[perm].set(pos_in_space)
+  within = within_space_rank(sc, space)
 
   removed_s = jax.ops.segment_sum(removed.astype(jnp.int32), ids, num_segments=S)
   cap_s = jnp.maximum(sizes - m - removed_s, 0)
