@@ -62,13 +62,18 @@ class _Ctx:
     self.visit: Visit | None = None
 
   # Parameter-derived values: var -> (leaf index, {value axis: leaf axis})
+  def _src(self, var):
+    if self.visit is None or (hasattr(var, "val") and not hasattr(var, "count")):
+      return None
+    return self.visit.src.get(var)
+
   def contract(self, var, axis):
-    s = self.visit.src.get(var) if self.visit is not None else None
+    s = self._src(var)
     if s is not None and axis in s[1]:
       self.contracted.add((s[0], s[1][axis]))
 
   def pass_source(self, invar, outvar, mapping: dict):
-    s = self.visit.src.get(invar) if self.visit is not None else None
+    s = self._src(invar)
     if s is None:
       return
     m = {o: s[1][i] for o, i in mapping.items() if i in s[1]}

@@ -98,9 +98,23 @@ class Atoms:
           out.extend(self.expand(self.struct[r], depth + 1))
           continue
         f = (r,)
+      else:
+        f = self._flatten_parts(f, depth)
       if self.factor_size(f) != 1:
         out.append(tuple(f))
     return out
+
+  def _flatten_parts(self, f: Factor, depth: int) -> Factor:
+    """Inline parts that are themselves plain concatenations (concat of concat)."""
+    parts: list[int] = []
+    for p in f:
+      r = self.find(p)
+      st = self.struct.get(r)
+      if st is not None and len(st) == 1 and depth < _MAX_DEPTH:
+        parts.extend(self._flatten_parts(st[0], depth + 1))
+      else:
+        parts.append(r)
+    return tuple(parts)
 
   def unify_layout(self, la: Layout, lb: Layout, depth: int = 0) -> None:
     la, lb = self.expand(la), self.expand(lb)

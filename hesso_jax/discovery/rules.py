@@ -88,13 +88,13 @@ ZERO_PRESERVING_UNARY = (
     "neg", "abs", "sign", "sin", "tan", "tanh", "sinh", "asin", "asinh", "atan", "atanh", "sqrt",
     "cbrt", "erf", "erf_inv", "expm1", "log1p", "floor", "ceil", "round", "real", "imag", "conj",
     "copy", "copy_p", "convert_element_type", "reduce_precision", "stop_gradient", "square",
-    "optimization_barrier_single", "sharding_constraint", "mesh_cast", "reshard", "pvary",
+    "population_count", "sharding_constraint", "mesh_cast", "reshard", "pvary",
 )
 register(*ZERO_PRESERVING_UNARY)(Rule(_same_atoms, _keep_zeros))
 
 NON_ZERO_PRESERVING_UNARY = (
     "exp", "exp2", "log", "cos", "cosh", "logistic", "rsqrt", "acos", "acosh", "lgamma", "digamma",
-    "is_finite", "not", "erfc", "bessel_i0e", "bessel_i1e", "population_count", "clz",
+    "is_finite", "not", "erfc", "bessel_i0e", "bessel_i1e", "clz",
 )
 register(*NON_ZERO_PRESERVING_UNARY)(Rule(_same_atoms, no_zeros))
 
@@ -112,11 +112,16 @@ def _nary_atoms(ctx, eqn, ins):
   full = [a for v, a in zip(eqn.invars, ins) if len(a) == out_rank and len(shape_of(v)) == out_rank]
   if not full:
     return [_fresh(ctx, eqn.outvars[0]) for _ in eqn.outvars]
-  base = full[0]
+  out_shape = shape_of(eqn.outvars[0])
+  base = list(full[0])
   for other in full[1:]:
-    for x, y in zip(base, other):
-      ctx.atoms.unify(x, y)
-  return [base for _ in eqn.outvars]
+    for d, (x, y) in enumerate(zip(base, other)):
+      sx, sy = ctx.atoms.sz(x), ctx.atoms.sz(y)
+      if sx == sy:
+        ctx.atoms.unify(x, y)
+      elif sx == 1 and sy == out_shape[d]:  # rank-preserving size-1 broadcast
+        base[d] = y
+  return [tuple(base) for _ in eqn.outvars]
 
 
 def _is_zero_literal(v) -> bool:
