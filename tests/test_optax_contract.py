@@ -260,3 +260,28 @@ def test_non_finite_grads_do_not_select_groups():
   for _ in range(3):  # the step with bad grads was skipped by the caller (params not updated)
     _, st = update(g, st, params)
   assert int(st.pruned.sum()) == G // 2
+
+
+def test_hesso_cric_under_inject_hyperparams_and_chain():
+  params, space = mlp()
+  tx = optax.chain(optax.inject_hyperparams(hj.hesso_cric)(
+      base_tx=optax.sgd(0.01), space=space, target_group_sparsity=0.25, start_cric_step=0,
+      sampling_steps=1, max_cycle_period=1, hybrid_training_steps=1))
+  traces = []
+
+  @jax.jit
+  def step(p, st):
+    traces.append(1)
+    l, g = jax.value_and_grad(loss_fn)(p, X, Y)
+    u, st = tx.update(g, st, p, value=l)
+    return optax.apply_updates(p, u), st
+
+  for s in (0.25, 0.5):
+    st = optax.tree_utils.tree_set(tx.init(params),
+                                   target_group_sparsity=jnp.asarray(s, jnp.float32))
+    p = params
+    for _ in range(2 * 2 * 3 + 1 + 1 + 1 + 1):  # probing, one cycle, termination, hybrid
+      p, st = step(p, st)
+    assert int(hj.pruned_mask(st).sum()) == math.floor(G * s)
+    _assert_pruned_zero(space, p, hj.pruned_mask(st))
+  assert len(traces) == 1
