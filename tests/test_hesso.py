@@ -77,17 +77,19 @@ def test_pruned_groups_exactly_zero_after_every_step_with_adam():
   tx = hj.hesso(optax.adam(1e-2), space, target_group_sparsity=0.5, warmup_steps=3, pruning_steps=8,
                 pruning_periods=2)
   _, state, hist = run(tx, params, 20)
+
+  @jax.jit
+  def max_abs_pruned(p, pr):  # largest |element| over every producer slice of a pruned group
+    masks = space.group_mask_tree(pr, p)
+    return jnp.max(jnp.stack([
+        jnp.max(jnp.abs(jnp.where(m, leaf, 0.0)))
+        for leaf, m in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(masks))]))
+
   seen_commit = False
   for p, st in hist:
-    norms = np.asarray(space.group_norms(p))
-    pr = np.asarray(st.pruned)
-    if pr.any():
+    if np.asarray(st.pruned).any():
       seen_commit = True
-      assert np.all(norms[pr] == 0.0)
-      # every producer element exactly 0.0, not just the norm
-      masks = space.group_mask_tree(jnp.asarray(pr), p)
-      for leaf, m in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(masks)):
-        assert np.all(np.asarray(jnp.where(m, leaf, 0.0)) == 0.0)
+      assert float(max_abs_pruned(p, st.pruned)) == 0.0
   assert seen_commit
   assert int(np.sum(state.pruned)) == math.floor(G * 0.5)
   assert not np.any(np.asarray(state.redundant))
