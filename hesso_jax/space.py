@@ -342,8 +342,22 @@ class SearchSpace:
       parts.append(acc)
     return jnp.concatenate(parts) if parts else jnp.zeros((0,), dtype)
 
+  def check_producers(self, tree: Any, what: str = "variables") -> None:
+    """Raise ValueError naming the path if a prunable space's producer is not a leaf of ``tree``."""
+    paths = {p for p, _ in leaves_with_paths(tree)}
+    for s in self.prunable_spaces:
+      for m in s.producers():
+        if m.path not in paths:
+          hint = ""
+          if m.path + ("value",) in paths or (m.path and m.path[-1] == "value"
+                                              and m.path[:-1] in paths):
+            hint = " (the paths differ by a trailing 'value': discover on the same kind of tree)"
+          raise ValueError(f"producer {path_str(m.path)!r} of space {s.label()!r} is not a leaf of "
+                           f"the given {what}{hint}")
+
   def group_norms(self, variables: Any) -> jax.Array:
     """(num_groups,) L2 norm over each group's producer slices."""
+    self.check_producers(variables)
     return jnp.sqrt(self.group_reduce(lambda x: x * x, variables))
 
   def expand(self, values: jax.Array, tree: Any, *, fill: Any,
@@ -389,6 +403,7 @@ class SearchSpace:
       if ids_np is not None and ids_np.size and (ids_np.min() < 0 or ids_np.max() >= self.num_groups):
         raise ValueError(f"zero_groups: group ids must lie in [0, {self.num_groups}), got {ids_np}")
       mask = jnp.zeros((self.num_groups,), bool).at[ids].set(True)
+    self.check_producers(variables)
     masks = self.group_mask_tree(mask, variables)
     return jax.tree_util.tree_map(lambda x, z: jnp.where(z, jnp.zeros((), x.dtype), x), variables, masks)
 
