@@ -122,3 +122,18 @@ def test_compressed_fn_is_library_independent_and_batch_agnostic():
     warnings.simplefilter("error")
     out = jax.jit(small_fn)(small, *case.args)
   assert out.shape == (2, 10)
+
+
+def test_approximate_residual_stream_reports_deviation():
+  case = zoo.gpt()
+  space = hj.discover(case.fn, case.variables, *case.args, approximate=True)
+  (stream,) = [s for s in space.channel_spaces if "approximate" in s.name]
+  off = space.group_offsets[space.prunable_spaces.index(stream)]
+  keep = np.ones(space.num_groups, bool)
+  keep[off:off + 2] = False
+  masked = space.zero_groups(case.variables, jnp.asarray(~keep))
+  with pytest.warns(UserWarning, match="deviates"):
+    small_fn, small = hj.compress(case.fn, masked, space, *case.args)
+  assert small_fn.approximate_spaces and small_fn.max_deviation > 0
+  dev = float(jnp.max(jnp.abs(small_fn(small, *case.args) - case.fn(masked, *case.args))))
+  assert dev == pytest.approx(small_fn.max_deviation, rel=1e-3)

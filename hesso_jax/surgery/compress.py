@@ -205,13 +205,16 @@ def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
   ``small_fn(small_variables, *args, **kwargs)`` equals ``fn(variables, *args, **kwargs)``
   whenever the dropped groups' producer slices of ``variables`` are zero. ``keep`` defaults to
   "every group whose producer norm is not exactly 0". Dropping groups that are not zero warns
-  (the result is then not equivalent); keeping no channel of a space raises.
+  (the result is then not equivalent); keeping no channel of a space raises. Spaces found with
+  ``discover(..., approximate=True)`` are not exact: their deviation on the example inputs is
+  measured, warned about and stored as ``small_fn.max_deviation``.
   """
   an = analyse(fn, variables, *args, approximate=True, **kwargs)
   keep = resolve_keep(space, variables, keep)
   leaves = _match_spaces(space, an)
   norms = np.asarray(space.group_norms(variables)) if check_zero else None
   leaf_keep = {}
+  approximate = []
   for s, off, leaf in zip(space.prunable_spaces, space.group_offsets, leaves):
     k = keep[off:off + s.size]
     if not k.any():
@@ -220,6 +223,8 @@ def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
     if not k.all() and not ans.prunable:
       raise ValueError(f"compress: space {s.label()!r} is not zero-invariant ({ans.reason}); "
                        "removing its channels would change the function")
+    if not k.all() and "(approximate)" in ans.name:
+      approximate.append(s.label())
     if check_zero and not k.all():
       dropped = norms[off:off + s.size][~k]
       if dropped.size and float(np.max(dropped)) > 0:
@@ -247,4 +252,16 @@ def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
     outs = _eval(sh, top, consts, list(vl) + dyn)
     return jax.tree_util.tree_unflatten(tr.out_tree, outs)
 
+  small_fn.approximate_spaces = tuple(approximate)
+  small_fn.max_deviation = 0.0
+  if approximate:
+    # Not exact by construction (LayerNorm statistics see fewer channels): measure and report.
+    full = jax.tree_util.tree_leaves(jax.jit(fn)(variables, *args, **kwargs))
+    comp = jax.tree_util.tree_leaves(jax.jit(small_fn)(small, *args, **kwargs))
+    dev = max(float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
+              for a, b in zip(full, comp))
+    small_fn.max_deviation = dev
+    warnings.warn(f"compress: approximate spaces {approximate} were pruned; on the example inputs "
+                  f"the compressed output deviates from the full one by up to {dev:.3g}",
+                  UserWarning, stacklevel=2)
   return small_fn, small
