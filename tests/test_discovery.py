@@ -141,18 +141,24 @@ def test_unknown_primitive_makes_space_unprunable_with_its_name():
 
 
 def test_control_flow_and_calls():
-  """jit, checkpoint, custom_jvp, cond and while are recursed into."""
+  """jit, checkpoint, custom_jvp, custom_vjp, cond and while are recursed into."""
   p = {"w1": jnp.ones((4, 8)) * 0.1, "w2": jnp.ones((8, 8)) * 0.1, "w3": jnp.ones((8, 2))}
 
   @jax.jit
   def inner(h, w):
     return jax.nn.relu(h @ w)
 
+  @jax.custom_vjp
+  def clipped(h):
+    return jnp.clip(h, 0.0, None) * 1.0
+
+  clipped.defvjp(lambda h: (clipped(h), h), lambda h, g: (g * (h > 0),))
+
   def fn(p, x):
     h = jax.checkpoint(lambda h: jax.nn.gelu(h))(x @ p["w1"])
     h = jax.lax.cond(x.sum() > 0, lambda h: h * 2.0, lambda h: jnp.sin(h), h)
     h = jax.lax.fori_loop(0, 2, lambda i, h: h * 0.5, h)
-    h = inner(h, p["w2"])
+    h = clipped(inner(h, p["w2"]))
     return h @ p["w3"]
 
   space = hj.discover(fn, p, jnp.ones((3, 4)))
