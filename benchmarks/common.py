@@ -1,0 +1,92 @@
+"""Shared helpers: timing, JSON output, table printing."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
+
+
+def env_info() -> dict:
+  return {"jax": jax.__version__, "backend": jax.default_backend(),
+          "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
+          "platform": platform.platform(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def block(x):
+  return jax.tree_util.tree_map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, x)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, inner: int = 1,
+                warmup: int = 2) -> dict[str, np.ndarray]:
+  """Time each zero-arg callable ``repeats`` times, interleaved round-robin (order rotated each
+  round) so that background load hits all variants alike. Returns per-call seconds."""
+  names = list(fns)
+  for n in names:
+    for _ in range(warmup):
+      block(fns[n]())
+  times = {n: [] for n in names}
+  for r in range(repeats):
+    order = names[r % len(names):] + names[:r % len(names)]
+    for n in order:
+      t0 = time.perf_counter()
+      for _ in range(inner):
+        out = fns[n]()
+      block(out)
+      times[n].append((time.perf_counter() - t0) / inner)
+  return {n: np.asarray(v) for n, v in times.items()}
+
+
+def paired_ratio(num: np.ndarray, den: np.ndarray) -> dict:
+  """Median of per-round ratios (robust to load drift) and its IQR."""
+  r = num / den
+  return {"median": float(np.median(r)), "q25": float(np.percentile(r, 25)),
+          "q75": float(np.percentile(r, 75))}
+
+
+def table(rows: Sequence[dict], cols: Sequence[str], fmt: dict | None = None) -> str:
+  fmt = fmt or {}
+  def f(c, v):
+    if v is None:
+      return "-"
+    if c in fmt:
+      return fmt[c].format(v)
+    if isinstance(v, float):
+      return f"{v:.4g}"
+    return str(v)
+  cells = [[f(c, r.get(c)) for c in cols] for r in rows]
+  w = [max(len(c), *(len(x[i]) for x in cells)) if cells else len(c) for i, c in enumerate(cols)]
+  line = "  ".join(c.rjust(w[i]) for i, c in enumerate(cols))
+  out = [line, "-" * len(line)]
+  out += ["  ".join(x[i].rjust(w[i]) for i in range(len(cols))) for x in cells]
+  return "\n".join(out)
+
+
+def markdown_table(rows: Sequence[dict], cols: Sequence[str], fmt: dict | None = None) -> str:
+  fmt = fmt or {}
+  def f(c, v):
+    if v is None:
+      return "-"
+    if c in fmt:
+      return fmt[c].format(v)
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+  out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---:" for _ in cols) + "|"]
+  out += ["| " + " | ".join(f(c, r.get(c)) for c in cols) + " |" for r in rows]
+  return "\n".join(out)
+
+
+def write_json(name: str, payload: dict) -> str:
+  os.makedirs(RESULTS, exist_ok=True)
+  path = os.path.join(RESULTS, f"bench_{name}.json")
+  payload = {"benchmark": name, "env": env_info(), **payload}
+  with open(path, "w") as fh:
+    json.dump(payload, fh, indent=2, default=float)
+  print(json.dumps(payload, indent=2, default=float))
+  return path
