@@ -20,3 +20,9 @@ from hesso_jax.surgery import (apply_manifest, kept_sizes, load_manifest, make_m
 from hesso_jax.metrics import count, count_flops, count_params, sparsity_report
 
 __version__ = "0.1.0"
+
+# scale-out
+from hesso_jax.sharding import (abstract_like, abstract_opt_state, opt_state_shardings, param_shardings,
+                                replicated, sharded_init)
+from hesso_jax.checkpoint import (CheckpointMismatchError, checkpoint_metadata, latest_step,
+                                  restore_checkpoint, save_checkpoint)

@@ -1,0 +1,231 @@
+"""Multi-device scenarios for tests/test_sharding.py and tests/test_checkpoint.py.
+
+Run as a subprocess with 8 simulated CPU devices (the rest of the suite keeps 1 device)::
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \
+        python tests/_multidevice_worker.py sharding|checkpoint [ckpt_dir]
+
+It prints one JSON line (prefixed ``RESULT ``) of raw measurements; the tests assert on them.
+The helpers (model, data, training step) are importable for in-process tests too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import hesso_jax as hj
+
+BATCH = 32
+
+
+class SmallCNN(nn.Module):
+  """conv(8) -> relu -> conv(16) -> relu -> flatten -> dense(32) -> relu -> dense(10)."""
+
+  c1: int = 8
+  c2: int = 16
+  hidden: int = 32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(self.c1, (3, 3), name="conv0")(x))
+    x = nn.relu(nn.Conv(self.c2, (3, 3), strides=(2, 2), name="conv1")(x))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(self.hidden, name="fc")(x))
+    return nn.Dense(10, name="head")(x)
+
+
+def setup(kind: str = "hesso", *, c1: int = 8, num_steps: int | None = None, seed: int = 0):
+  """(model, params, space, tx, batches xs/ys, num_steps, save_at) for a small pruning run."""
+  model = SmallCNN(c1=c1)
+  rng = np.random.default_rng(seed)
+  xs_all = rng.normal(size=(8 * BATCH, 8, 8, 1)).astype(np.float32)
+  w = rng.normal(size=(64, 10)).astype(np.float32)
+  ys_all = np.argmax(xs_all.reshape(len(xs_all), -1) @ w, axis=1).astype(np.int32)
+  variables = model.init(jax.random.key(seed), xs_all[:1])
+  space = hj.discover(model.apply, variables, xs_all[:1]).subtree("params")
+  params = variables["params"]
+  base = optax.adam(1e-2)
+  if kind == "hesso":
+    tx = hj.hesso(base, space, target_group_sparsity=0.5, warmup_steps=2, pruning_steps=8,
+                  pruning_periods=2)
+    steps, save_at = 12, 7  # periods at steps 2-5 and 6-9; after 7 steps: some pruned + redundant
+  elif kind == "cric":
+    kw = dict(start_cric_step=2, sampling_steps=3, max_cycle_period=2, hybrid_training_steps=3,
+              trial_sparsities=(0.5,))
+    tx = hj.hesso_cric(base, space, target_group_sparsity=0.5, **kw)
+    sched = hj.optim.cric.cric_schedule(space, **kw)
+    steps = sched["latest_done"] + 2
+    save_at = sched["cycles_start"] + 1  # mid-cycle: parameter cache and violating set live
+  else:
+    raise ValueError(kind)
+  steps = num_steps or steps
+  n = steps * BATCH
+  idx = np.arange(n) % len(xs_all)
+  xs = xs_all[idx].reshape(steps, BATCH, 8, 8, 1)
+  ys = ys_all[idx].reshape(steps, BATCH)
+  return model, params, space, tx, xs, ys, steps, save_at
+
+
+def make_step(model, tx, *, in_shardings=None, out_shardings=None):
+  def loss_fn(params, x, y):
+    logits = model.apply({"params": params}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def step(params, state, x, y):
+    loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+    updates, state = tx.update(grads, state, params, value=loss)
+    return optax.apply_updates(params, updates), state
+
+  if in_shardings is None:
+    return jax.jit(step)
+  return jax.jit(step, in_shardings=in_shardings, out_shardings=out_shardings)
+
+
+def run(step, params, state, xs, ys, start, stop, put=lambda a: a):
+  for t in range(start, stop):
+    params, state = step(params, state, put(xs[t]), put(ys[t]))
+  return params, state
+
+
+def max_diff(a, b) -> float:
+  d = jax.tree_util.tree_map(lambda u, v: float(np.max(np.abs(np.asarray(u, np.float64) - np.asarray(v, np.float64)), initial=0.0)), a, b)
+  return max(jax.tree_util.tree_leaves(d))
+
+
+def mesh_2x4():
+  # Auto axes: in this JAX, make_mesh defaults to Explicit axes, which flax's conv rejects
+  return jax.make_mesh((2, 4), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def sharded_setup(model, params, tx, mesh):
+  """(sharded params, sharded state, jitted step, batch putter, param shardings, state shardings)."""
+  p_sh = hj.param_shardings(params, mesh)
+  s_sh = hj.opt_state_shardings(tx, jax.device_put(params, p_sh))
+  b_sh = NamedSharding(mesh, P("data"))
+  params_s = jax.device_put(params, p_sh)
+  state_s = hj.sharded_init(tx, params_s)
+  step = make_step(model, tx, in_shardings=(p_sh, s_sh, b_sh, b_sh), out_shardings=(p_sh, s_sh))
+  return params_s, state_s, step, (lambda a: jax.device_put(a, b_sh)), p_sh, s_sh
+
+
+def _the_state(state):
+  from hesso_jax.optim.hesso import _find_states, _state_types
+
+  return _find_states(state, _state_types())[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# scenarios
+# ----------------------------------------------------------------------------------------------
+
+
+def scenario_sharding(kind: str) -> dict:
+  model, params, space, tx, xs, ys, steps, _ = setup(kind)
+  # 1-device reference (device 0, no sharding)
+  step1 = make_step(model, tx)
+  p1, s1 = run(step1, params, tx.init(params), xs, ys, 0, steps)
+
+  mesh = mesh_2x4()
+  params_s, state_s, step, put, p_sh, s_sh = sharded_setup(model, params, tx, mesh)
+  init_shardings_ok = jax.tree_util.tree_all(jax.tree_util.tree_map(
+      lambda a, s: a.sharding.is_equivalent_to(s, a.ndim), state_s, s_sh))
+  # no host round trip in the step: batches are put up front, the loop runs under a transfer guard
+  xs_d = [put(x) for x in xs]
+  ys_d = [put(y) for y in ys]
+  compiled = step.lower(params_s, state_s, xs_d[0], ys_d[0]).compile()
+  hlo = compiled.as_text()
+  with jax.transfer_guard("disallow"):
+    ps, ss = params_s, state_s
+    for t in range(steps):
+      ps, ss = compiled(ps, ss, xs_d[t], ys_d[t])
+    jax.block_until_ready((ps, ss))
+
+  st = _the_state(ss)
+  st0 = _the_state(state_s)
+  # a state leaf that mirrors a param: Adam's mu of the sharded conv1 kernel
+  mu = jax.tree_util.tree_leaves(optax.tree_utils.tree_get(ss, "mu"))
+  p_leaves = jax.tree_util.tree_leaves(ps)
+  return dict(
+      kind=kind,
+      num_groups=int(space.num_groups),
+      steps=steps,
+      max_param_diff=max_diff(p1, ps),
+      masks_equal=bool(np.array_equal(np.asarray(hj.pruned_mask(s1)), np.asarray(st.pruned))),
+      num_pruned_1dev=int(np.sum(np.asarray(hj.pruned_mask(s1)))),
+      num_pruned_sharded=int(np.sum(np.asarray(st.pruned))),
+      mask_replicated=bool(st.pruned.sharding.is_fully_replicated
+                           and st.redundant.sharding.is_fully_replicated
+                           and st.count.sharding.is_fully_replicated),
+      init_mask_replicated=bool(st0.pruned.sharding.is_fully_replicated),
+      init_shardings_ok=bool(init_shardings_ok),
+      mu_follows_params=all(m.sharding.is_equivalent_to(p.sharding, p.ndim) for m, p in zip(mu, p_leaves)),
+      num_sharded_params=sum(not p.sharding.is_fully_replicated for p in p_leaves),
+      num_params=len(p_leaves),
+      cache_follows_params=(all(c.sharding.is_equivalent_to(p.sharding, p.ndim) for c, p in zip(
+          jax.tree_util.tree_leaves(st.cache), p_leaves)) if kind == "cric" else None),
+      host_callbacks_in_hlo=("custom-call" in hlo and "callback" in hlo.lower()),
+      zeros_exact=bool(np.all(np.asarray(space.group_norms(ps))[np.asarray(st.pruned)] == 0.0)),
+  )
+
+
+def scenario_checkpoint(kind: str, ckpt_dir: str) -> dict:
+  model, params, space, tx, xs, ys, steps, save_at = setup(kind)
+  mesh = mesh_2x4()
+  params_s, state_s, step, put, p_sh, s_sh = sharded_setup(model, params, tx, mesh)
+  # uninterrupted
+  pa, sa = run(step, params_s, state_s, xs, ys, 0, steps, put)
+  # interrupted: save mid-pruning, drop everything, restore into the sharded layout, continue
+  pb, sb = run(step, params_s, state_s, xs, ys, 0, save_at, put)
+  st = _the_state(sb)
+  mid = dict(pruned=int(np.sum(np.asarray(st.pruned))), redundant=int(np.sum(np.asarray(st.redundant))),
+             active=int(np.sum(np.asarray(st.active))) if kind == "cric" else None)
+  d = os.path.join(ckpt_dir, kind)
+  hj.save_checkpoint(d, save_at, pb, sb, space=space)
+  del pb, sb
+  abs_p = hj.abstract_like(params, p_sh)
+  abs_s = hj.abstract_opt_state(tx, abs_p)
+  pr, sr = hj.restore_checkpoint(d, hj.latest_step(d), abs_p, abs_s, space=space)
+  restored_sharded = all(r.sharding.is_equivalent_to(s, r.ndim) for r, s in zip(
+      jax.tree_util.tree_leaves(pr), jax.tree_util.tree_leaves(p_sh)))
+  restored_state_sharded = all(r.sharding.is_equivalent_to(s, r.ndim) for r, s in zip(
+      jax.tree_util.tree_leaves(sr), jax.tree_util.tree_leaves(s_sh)))
+  pr, sr = run(step, pr, sr, xs, ys, save_at, steps, put)
+  sa_, sr_ = _the_state(sa), _the_state(sr)
+  return dict(
+      kind=kind, steps=steps, save_at=save_at, mid=mid,
+      max_param_diff=max_diff(pa, pr),
+      max_state_diff=max_diff(sa, sr),
+      masks_equal=bool(np.array_equal(np.asarray(sa_.pruned), np.asarray(sr_.pruned))
+                       and np.array_equal(np.asarray(sa_.redundant), np.asarray(sr_.redundant))),
+      num_pruned=int(np.sum(np.asarray(sa_.pruned))),
+      restored_sharded=bool(restored_sharded),
+      restored_state_sharded=bool(restored_state_sharded),
+      type_ok=type(sr).__name__ == type(sa).__name__,
+  )
+
+
+def main(argv):
+  what = argv[1]
+  out = {"devices": jax.device_count()}
+  if what == "sharding":
+    out["hesso"] = scenario_sharding("hesso")
+    out["cric"] = scenario_sharding("cric")
+  elif what == "checkpoint":
+    out["hesso"] = scenario_checkpoint("hesso", argv[2])
+    out["cric"] = scenario_checkpoint("cric", argv[2])
+  else:
+    raise SystemExit(f"unknown scenario {what!r}")
+  print("RESULT " + json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+  main(sys.argv)
