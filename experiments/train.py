@@ -41,7 +41,8 @@ def results_dir(sub: str | None = None) -> pathlib.Path:
 
 def init_variables(model: nn.Module, x: np.ndarray, seed: int = 0) -> dict:
   """Initialise linen variables (a plain dict: 'params' and, if the model has BN, 'batch_stats')."""
-  v = model.init(jax.random.PRNGKey(seed), jnp.asarray(x), train=False)
+  # jitted: eager linen init dispatches (and compiles) every small op separately, which is slow
+  v = jax.jit(lambda k, xb: model.init(k, xb, train=False))(jax.random.PRNGKey(seed), jnp.asarray(x))
   return jax.tree_util.tree_map(jnp.asarray, dict(v))
 
 
