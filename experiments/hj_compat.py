@@ -34,16 +34,14 @@ def has(name: str) -> bool:
 # ------------------------------------------------------------------------------------------------
 
 
-def _conv_bn_space(name: str, n: int, conv: str, bn: str | None, consumer: str, *,
-                   consumer_outer: int = 1, consumer_axis: int | None = None,
-                   kernel_axis: int = -1, kernel_ndim: int = 4) -> ChannelSpace:
-  kax = kernel_ndim - 1 if kernel_axis == -1 else kernel_axis
-  members = [AxisSlice(("params", conv, "kernel"), kax, P), AxisSlice(("params", conv, "bias"), 0, P)]
+def _conv_bn_space(name: str, n: int, conv: str, bn: str | None, consumer: str, consumer_axis: int,
+                   *, kernel_ndim: int = 4, consumer_outer: int = 1) -> ChannelSpace:
+  """conv out-channels (+ bias, + BN scale/shift as producers, BN mean/var as state) -> consumer."""
+  members = [AxisSlice(("params", conv, "kernel"), kernel_ndim - 1, P),
+             AxisSlice(("params", conv, "bias"), 0, P)]
   if bn is not None:
     members += [AxisSlice(("params", bn, "scale"), 0, P), AxisSlice(("params", bn, "bias"), 0, P),
                 AxisSlice(("batch_stats", bn, "mean"), 0, S), AxisSlice(("batch_stats", bn, "var"), 0, S)]
-  if consumer_axis is None:
-    consumer_axis = 0 if consumer_outer > 1 or consumer.endswith("fc") or consumer == "head" else kernel_ndim - 2
   members.append(AxisSlice(("params", consumer, "kernel"), consumer_axis, C, outer=consumer_outer))
   return ChannelSpace(n, tuple(members), name=name)
 
@@ -64,10 +62,9 @@ def manual_space(task: str, model, variables) -> SearchSpace:
       last = i == len(feats) - 1
       if last:
         hw = params["fc"]["kernel"].shape[0] // f
-        spaces.append(_conv_bn_space(f"conv{i}", f, f"conv{i}", f"bn{i}", "fc", consumer_outer=hw,
-                                     consumer_axis=0))
+        spaces.append(_conv_bn_space(f"conv{i}", f, f"conv{i}", f"bn{i}", "fc", 0, consumer_outer=hw))
       else:
-        spaces.append(_conv_bn_space(f"conv{i}", f, f"conv{i}", f"bn{i}", f"conv{i + 1}", consumer_axis=2))
+        spaces.append(_conv_bn_space(f"conv{i}", f, f"conv{i}", f"bn{i}", f"conv{i + 1}", 2))
     spaces.append(ChannelSpace(model.hidden, (
         AxisSlice(("params", "fc", "kernel"), 1, P), AxisSlice(("params", "fc", "bias"), 0, P),
         AxisSlice(("params", "head", "kernel"), 0, C)), name="fc"))
@@ -77,11 +74,10 @@ def manual_space(task: str, model, variables) -> SearchSpace:
     for i, f in enumerate(feats):
       if i == len(feats) - 1:
         length = params["head"]["kernel"].shape[0] // f
-        spaces.append(_conv_bn_space(f"conv{i}", f, f"conv{i}", f"bn{i}", "head", consumer_outer=length,
-                                     consumer_axis=0, kernel_ndim=3))
+        spaces.append(_conv_bn_space(f"conv{i}", f, f"conv{i}", f"bn{i}", "head", 0, kernel_ndim=3,
+                                     consumer_outer=length))
       else:
-        spaces.append(_conv_bn_space(f"conv{i}", f, f"conv{i}", f"bn{i}", f"conv{i + 1}", consumer_axis=1,
-                                     kernel_ndim=3))
+        spaces.append(_conv_bn_space(f"conv{i}", f, f"conv{i}", f"bn{i}", f"conv{i + 1}", 1, kernel_ndim=3))
   elif task == "mnist1d_mlp":
     hs = list(model.hidden)
     spaces = []
