@@ -61,7 +61,8 @@ def param_shardings(params: Any, mesh: Mesh, *, fsdp_axis: str | tuple | None = 
   """A default FSDP + tensor-parallel ``NamedSharding`` for every leaf of ``params``.
 
   For a leaf of rank >= 2 the *last* axis (a kernel's output features, the usual channel axis) is
-  split over ``tp_axis`` and the largest remaining axis over ``fsdp_axis``; a rank-1 leaf (bias,
+  split over ``tp_axis`` and the largest remaining axis (ties: the later one) over ``fsdp_axis``;
+  a rank-1 leaf (bias,
   norm scale) is split over ``tp_axis``. An axis is only split when the mesh axis size divides it;
   leaves with fewer than ``min_size`` elements and scalars are replicated. Axes named in the
   arguments but absent from the mesh are ignored (so a ``('data',)``-only mesh gives pure FSDP).
@@ -87,7 +88,7 @@ def param_shardings(params: Any, mesh: Mesh, *, fsdp_axis: str | tuple | None = 
     if tp_axis is not None and nt > 1 and shape[last] % nt == 0:
       spec[last] = tp_axis
     if len(shape) >= 2 and fsdp_axis is not None and nf > 1:
-      cands = [a for a in range(last) if shape[a] % nf == 0]
+      cands = [a for a in range(len(shape)) if spec[a] is None and shape[a] % nf == 0]
       if cands:
         a = max(cands, key=lambda i: (shape[i], i))
         spec[a] = fsdp_axis

@@ -3,7 +3,7 @@
 Run as a subprocess with 8 simulated CPU devices (the rest of the suite keeps 1 device)::
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \
-        python tests/_multidevice_worker.py sharding|checkpoint [ckpt_dir]
+        python tests/_multidevice_worker.py all|hesso|cric CKPT_DIR
 
 It prints one JSON line (prefixed ``RESULT ``) of raw measurements; the tests assert on them.
 The helpers (model, data, training step) are importable for in-process tests too.
@@ -128,37 +128,37 @@ def _the_state(state):
 # ----------------------------------------------------------------------------------------------
 
 
-def scenario_sharding(kind: str) -> dict:
-  model, params, space, tx, xs, ys, steps, _ = setup(kind)
+def scenario(kind: str, ckpt_dir: str) -> dict:
+  """1-device run vs sharded run (2x4 mesh), and sharded save mid-pruning -> restore -> continue."""
+  model, params, space, tx, xs, ys, steps, save_at = setup(kind)
   # 1-device reference (device 0, no sharding)
   step1 = make_step(model, tx)
   p1, s1 = run(step1, params, tx.init(params), xs, ys, 0, steps)
 
   mesh = mesh_2x4()
   params_s, state_s, step, put, p_sh, s_sh = sharded_setup(model, params, tx, mesh)
-  init_shardings_ok = jax.tree_util.tree_all(jax.tree_util.tree_map(
-      lambda a, s: a.sharding.is_equivalent_to(s, a.ndim), state_s, s_sh))
+  init_shardings_ok = all(a.sharding.is_equivalent_to(s, a.ndim) for a, s in zip(
+      jax.tree_util.tree_leaves(state_s), jax.tree_util.tree_leaves(s_sh)))
   # no host round trip in the step: batches are put up front, the loop runs under a transfer guard
   xs_d = [put(x) for x in xs]
   ys_d = [put(y) for y in ys]
-  compiled = step.lower(params_s, state_s, xs_d[0], ys_d[0]).compile()
-  hlo = compiled.as_text()
+  hlo = step.lower(params_s, state_s, xs_d[0], ys_d[0]).as_text()
   with jax.transfer_guard("disallow"):
-    ps, ss = params_s, state_s
+    pa, sa = params_s, state_s
     for t in range(steps):
-      ps, ss = compiled(ps, ss, xs_d[t], ys_d[t])
-    jax.block_until_ready((ps, ss))
+      pa, sa = step(pa, sa, xs_d[t], ys_d[t])
+      if t + 1 == save_at:
+        pb, sb = pa, sa
+    jax.block_until_ready((pa, sa))
 
-  st = _the_state(ss)
-  st0 = _the_state(state_s)
-  # a state leaf that mirrors a param: Adam's mu of the sharded conv1 kernel
-  mu = jax.tree_util.tree_leaves(optax.tree_utils.tree_get(ss, "mu"))
-  p_leaves = jax.tree_util.tree_leaves(ps)
-  return dict(
+  st, st0 = _the_state(sa), _the_state(state_s)
+  mu = jax.tree_util.tree_leaves(optax.tree_utils.tree_get(sa, "mu"))
+  p_leaves = jax.tree_util.tree_leaves(pa)
+  out = dict(
       kind=kind,
       num_groups=int(space.num_groups),
       steps=steps,
-      max_param_diff=max_diff(p1, ps),
+      max_param_diff=max_diff(p1, pa),
       masks_equal=bool(np.array_equal(np.asarray(hj.pruned_mask(s1)), np.asarray(st.pruned))),
       num_pruned_1dev=int(np.sum(np.asarray(hj.pruned_mask(s1)))),
       num_pruned_sharded=int(np.sum(np.asarray(st.pruned))),
@@ -172,22 +172,14 @@ def scenario_sharding(kind: str) -> dict:
       num_params=len(p_leaves),
       cache_follows_params=(all(c.sharding.is_equivalent_to(p.sharding, p.ndim) for c, p in zip(
           jax.tree_util.tree_leaves(st.cache), p_leaves)) if kind == "cric" else None),
-      host_callbacks_in_hlo=("custom-call" in hlo and "callback" in hlo.lower()),
-      zeros_exact=bool(np.all(np.asarray(space.group_norms(ps))[np.asarray(st.pruned)] == 0.0)),
+      host_callbacks_in_hlo=("callback" in hlo.lower()),
+      zeros_exact=bool(np.all(np.asarray(space.group_norms(pa))[np.asarray(st.pruned)] == 0.0)),
   )
 
-
-def scenario_checkpoint(kind: str, ckpt_dir: str) -> dict:
-  model, params, space, tx, xs, ys, steps, save_at = setup(kind)
-  mesh = mesh_2x4()
-  params_s, state_s, step, put, p_sh, s_sh = sharded_setup(model, params, tx, mesh)
-  # uninterrupted
-  pa, sa = run(step, params_s, state_s, xs, ys, 0, steps, put)
-  # interrupted: save mid-pruning, drop everything, restore into the sharded layout, continue
-  pb, sb = run(step, params_s, state_s, xs, ys, 0, save_at, put)
-  st = _the_state(sb)
-  mid = dict(pruned=int(np.sum(np.asarray(st.pruned))), redundant=int(np.sum(np.asarray(st.redundant))),
-             active=int(np.sum(np.asarray(st.active))) if kind == "cric" else None)
+  # interrupted: save mid-pruning, drop the live arrays, restore into the sharded layout, continue
+  stb = _the_state(sb)
+  mid = dict(pruned=int(np.sum(np.asarray(stb.pruned))), redundant=int(np.sum(np.asarray(stb.redundant))),
+             active=int(np.sum(np.asarray(stb.active))) if kind == "cric" else None)
   d = os.path.join(ckpt_dir, kind)
   hj.save_checkpoint(d, save_at, pb, sb, space=space)
   del pb, sb
@@ -198,32 +190,48 @@ def scenario_checkpoint(kind: str, ckpt_dir: str) -> dict:
       jax.tree_util.tree_leaves(pr), jax.tree_util.tree_leaves(p_sh)))
   restored_state_sharded = all(r.sharding.is_equivalent_to(s, r.ndim) for r, s in zip(
       jax.tree_util.tree_leaves(sr), jax.tree_util.tree_leaves(s_sh)))
-  pr, sr = run(step, pr, sr, xs, ys, save_at, steps, put)
-  sa_, sr_ = _the_state(sa), _the_state(sr)
-  return dict(
-      kind=kind, steps=steps, save_at=save_at, mid=mid,
+  for t in range(save_at, steps):
+    pr, sr = step(pr, sr, xs_d[t], ys_d[t])
+  str_ = _the_state(sr)
+  out["resume"] = dict(
+      save_at=save_at, mid=mid,
       max_param_diff=max_diff(pa, pr),
       max_state_diff=max_diff(sa, sr),
-      masks_equal=bool(np.array_equal(np.asarray(sa_.pruned), np.asarray(sr_.pruned))
-                       and np.array_equal(np.asarray(sa_.redundant), np.asarray(sr_.redundant))),
-      num_pruned=int(np.sum(np.asarray(sa_.pruned))),
+      masks_equal=bool(np.array_equal(np.asarray(st.pruned), np.asarray(str_.pruned))
+                       and np.array_equal(np.asarray(st.redundant), np.asarray(str_.redundant))),
       restored_sharded=bool(restored_sharded),
       restored_state_sharded=bool(restored_state_sharded),
       type_ok=type(sr).__name__ == type(sa).__name__,
   )
+  return out
+
+
+_CACHE: dict = {}
+
+
+def results(tmp_dir: str) -> dict:
+  """Run this file in a subprocess with 8 CPU devices (once per pytest process) and parse it."""
+  import subprocess
+
+  if "r" not in _CACHE:
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"))
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "all", tmp_dir], env=env,
+                          capture_output=True, text=True, timeout=300)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+      raise RuntimeError(f"multi-device worker failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                         f"{proc.stderr[-6000:]}")
+    _CACHE["r"] = json.loads(lines[-1][len("RESULT "):])
+  return _CACHE["r"]
 
 
 def main(argv):
   what = argv[1]
   out = {"devices": jax.device_count()}
-  if what == "sharding":
-    out["hesso"] = scenario_sharding("hesso")
-    out["cric"] = scenario_sharding("cric")
-  elif what == "checkpoint":
-    out["hesso"] = scenario_checkpoint("hesso", argv[2])
-    out["cric"] = scenario_checkpoint("cric", argv[2])
-  else:
-    raise SystemExit(f"unknown scenario {what!r}")
+  kinds = ("hesso", "cric") if what == "all" else (what,)
+  for kind in kinds:
+    out[kind] = scenario(kind, argv[2])
   print("RESULT " + json.dumps(out), flush=True)
 
 
