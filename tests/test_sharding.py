@@ -69,7 +69,7 @@ def test_param_shardings_default_rules():
   assert sh["s"].spec == P()
   assert sh["w"].spec == P(None, None, "data")          # 10 % 4 != 0: no TP; 10 is the largest even axis
   sh = hj.param_shardings(params, mesh, tp_axis=None, rules=lambda p, s: P() if p == ("b",) else None)
-  assert sh["k"].spec == P("data", None, None, None) and sh["b"].spec == P()
+  assert sh["k"].spec == P(None, None, None, "data") and sh["b"].spec == P()  # largest axis: 8
   mesh1 = jax.sharding.AbstractMesh((8,), ("data",))      # FSDP only: a missing 'model' axis is ignored
   assert hj.param_shardings(params, mesh1)["k"].spec == P(None, None, None, "data")
 
