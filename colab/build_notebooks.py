@@ -27,10 +27,10 @@ def code(s: str):
   return new_code_cell(textwrap.dedent(s).strip("\n"))
 
 
-INSTALL = code('''
+INSTALL_SRC = '''
     # Install hesso_jax when it is not importable yet (a fresh Colab runtime); skipped otherwise.
     import os
-    try:
+    {pre}try:
         import hesso_jax  # noqa: F401
     except ImportError:
         # TODO: replace with the repository URL once it is public, e.g.
@@ -41,6 +41,25 @@ INSTALL = code('''
     # notebook executes in about a minute; leave it unset for the real, full-size run.
     SMALL = os.environ.get("HESSO_SMALL", "0") == "1"
     print("small (CI) mode" if SMALL else "full mode")
+'''
+
+
+def install(pre: str = ""):
+  """The first cell of every notebook; ``pre`` runs before anything imports jax."""
+  pre = textwrap.dedent(pre).strip("\n") + "\n\n" if pre else ""
+  return code(textwrap.dedent(INSTALL_SRC).replace("{pre}", pre))
+
+
+INSTALL = install()
+
+# 8 simulated CPU devices: XLA_FLAGS must be set before jax is imported (hesso_jax imports jax).
+INSTALL_MESH = install('''
+    # 8 simulated devices on a CPU runtime. On a TPU / multi-GPU runtime set this to False.
+    SIMULATE_DEVICES = True
+    if SIMULATE_DEVICES:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_force_host_platform_device_count=8").strip()
+        os.environ["JAX_PLATFORMS"] = "cpu"
 ''')
 
 
@@ -49,6 +68,7 @@ INSTALL = code('''
 # ------------------------------------------------------------------------------------------------
 
 NB01 = [
+    INSTALL,
     md('''
     # hesso_jax quickstart: prune a CNN to 50% of its channels, exactly
 
@@ -66,7 +86,6 @@ NB01 = [
     4. `hj.count` compares parameters / FLOPs, and `hj.export` produces a serialisable StableHLO
        artifact of the small network.
     '''),
-    INSTALL,
     code('''
     import time
 
@@ -309,6 +328,7 @@ NB01 = [
 # ------------------------------------------------------------------------------------------------
 
 NB02 = [
+    INSTALL,
     md('''
     # Pruning a GPT-style transformer: heads, head dimensions and FFN units
 
@@ -322,7 +342,6 @@ NB02 = [
     stream, because of LayerNorm statistics), then train with `hj.hesso(optax.adamw(...))` and
     optionally `hj.hesso_cric(...)`, and compare validation loss / perplexity with a dense run.
     '''),
-    INSTALL,
     code('''
     import math
     import pathlib
@@ -375,7 +394,7 @@ NB02 = [
     '''),
     code('''
     if SMALL:
-        CFG = dict(d_model=32, heads=2, layers=1, seq=32, batch=16, steps=80)
+        CFG = dict(d_model=32, heads=2, layers=1, seq=32, batch=16, steps=60)
     else:
         CFG = dict(d_model=128, heads=4, layers=2, seq=64, batch=32, steps=1500)
     D, H, L, T = CFG["d_model"], CFG["heads"], CFG["layers"], CFG["seq"]
@@ -446,6 +465,22 @@ NB02 = [
     code('''
     space = hj.discover(gpt, params0, x_val)
     print(space.summary())
+
+    def describe(s):
+        """A readable name for a prunable space of this model, from its members' layouts."""
+        names = {m.path[-2] for m in s.members if m.role == "producer"}
+        block = s.members[0].path[0]
+        if any(m.inner > 1 for m in s.members):
+            return f"{block}: attention heads"
+        if any(m.outer > 1 for m in s.members):
+            return f"{block}: {'q/k' if 'q' in names else 'v'} head dimension"
+        if "fc1" in names:
+            return f"{block}: FFN hidden units"
+        return s.label()
+
+    print()
+    for s in space.prunable_spaces:
+        print(f"{describe(s):<32} {s.size:>4} groups")
     '''),
     md('''
     `approximate=True` also admits spaces that are only tied to normalisation statistics, here the
@@ -560,7 +595,7 @@ NB02 = [
     start = 0
     for s in space.prunable_spaces:
         kept = int((norms[start:start + s.size] != 0).sum())
-        print(f"{s.label():<40} kept {kept:>4} / {s.size}")
+        print(f"{describe(s):<32} kept {kept:>4} / {s.size}")
         start += s.size
 
     small_fn, small_params = hj.compress(gpt, pruned_params, space, x_val)
@@ -603,6 +638,7 @@ NB02 = [
 # ------------------------------------------------------------------------------------------------
 
 NB03 = [
+    INSTALL_MESH,
     md('''
     # Sharded HESSO training on a device mesh, with a mid-pruning checkpoint
 
@@ -620,18 +656,13 @@ NB03 = [
        (`hj.save_checkpoint`), restores them into the sharded layout (`hj.restore_checkpoint`),
        continues, and checks the result equals an uninterrupted run.
 
-    **8 devices on a CPU runtime.** The next cell asks XLA for 8 simulated host devices; it must
-    run *before* jax is imported. On a TPU runtime (8 cores) or a multi-GPU runtime, set
-    `SIMULATE_DEVICES = False` (skip the flag) and the same code runs on the real devices.
+    **8 devices on a CPU runtime.** The first cell sets
+    `os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"` (and `JAX_PLATFORMS=cpu`)
+    *before* anything imports jax, so a CPU runtime shows 8 devices. On a TPU runtime (8 cores) or
+    a multi-GPU runtime, skip this: set `SIMULATE_DEVICES = False` in the first cell and the same
+    code runs on the real devices. If you change it after jax was imported, restart the runtime.
     '''),
-    INSTALL,
     code('''
-    SIMULATE_DEVICES = True   # False on a TPU / multi-GPU runtime
-    if SIMULATE_DEVICES:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                   + " --xla_force_host_platform_device_count=8").strip()
-        os.environ["JAX_PLATFORMS"] = "cpu"
-
     import shutil
     import tempfile
     import time
