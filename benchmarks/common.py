@@ -45,10 +45,11 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, inner: int =
 
 
 def paired_ratio(num: np.ndarray, den: np.ndarray) -> dict:
-  """Median of per-round ratios (robust to load drift) and its IQR."""
+  """Median of per-round ratios (robust to load drift), its IQR, and the ratio of the fastest
+  runs (min/min: the least-disturbed runs on a shared machine)."""
   r = num / den
   return {"median": float(np.median(r)), "q25": float(np.percentile(r, 25)),
-          "q75": float(np.percentile(r, 75))}
+          "q75": float(np.percentile(r, 75)), "min_ratio": float(np.min(num) / np.min(den))}
 
 
 def table(rows: Sequence[dict], cols: Sequence[str], fmt: dict | None = None) -> str:
