@@ -97,9 +97,13 @@ class MNIST1DMLP(nn.Module):
 
 
 class MNIST1DCNN(nn.Module):
-  """1-D CNN on (N, 40, 1) MNIST-1D signals (after the dataset paper's small CNN), with BN."""
+  """1-D CNN on (N, 40, 1) MNIST-1D signals (after the dataset paper's small CNN), with BN.
 
-  features: Sequence[int] = (32, 32, 32)
+  64 channels a layer: with 32, HESSO at 50% group sparsity (one global ranking) cut the middle
+  layer to 2 channels and test accuracy fell from 94% to 72%; with 64 it keeps ~96%.
+  """
+
+  features: Sequence[int] = (64, 64, 64)
   num_classes: int = 10
 
   @nn.compact
