@@ -769,6 +769,11 @@ NB03 = [
             x, y = get_batch(i)
             x, y = jax.device_put(x, batch_shard), jax.device_put(y, batch_shard)
             params, opt_state, loss = step_fn(params, opt_state, x, y)
+            # Simulated CPU devices only: wait for each step, so that no two multi-device programs
+            # are in flight at once (XLA:CPU's collectives can otherwise deadlock on few cores).
+            # Unnecessary on real TPUs/GPUs, where async dispatch is what you want.
+            if SIMULATE_DEVICES:
+                loss.block_until_ready()
         return params, opt_state, loss
 
     copy = lambda tree: jax.tree_util.tree_map(jnp.copy, tree)   # the step donates its inputs
