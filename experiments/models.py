@@ -161,7 +161,7 @@ class CharGPT(nn.Module):
 
   vocab_size: int
   block_size: int = 64
-  d_model: int = 96
+  d_model: int = 64
   num_heads: int = 4
   num_layers: int = 2
   mlp_ratio: int = 4

@@ -52,7 +52,7 @@ CONFIGS = {
     "digits_resnet": TaskConfig(steps=1500, small_steps=150, batch_size=64, lr=0.1),
     "mnist1d": TaskConfig(steps=3000, small_steps=300, batch_size=128, lr=0.05),
     "mnist1d_mlp": TaskConfig(steps=3000, small_steps=300, batch_size=128, lr=0.05),
-    "charlm": TaskConfig(steps=2000, small_steps=100, batch_size=32, lr=3e-3, base="adamw",
+    "charlm": TaskConfig(steps=1000, small_steps=100, batch_size=32, lr=3e-3, base="adamw",
                          weight_decay=0.01, seq_len=64),
 }
 
@@ -139,6 +139,16 @@ def run(task: str, optimizer: str, sparsity: float = 0.5, *, steps: int | None =
     except NotImplementedError as e:
       raise SystemExit(f"hesso_cric is not available yet: {e}")
     record["hesso_cric"] = kw
+    try:  # planning facts, when the library exposes them
+      from hesso_jax.optim.cric import cric_schedule as _plan
+      plan = _plan(space_p, **{k: kw[k] for k in ("start_cric_step", "sampling_steps",
+                                                  "max_cycle_period", "hybrid_training_steps")})
+      record["hesso_cric_plan"] = plan
+      if plan["latest_done"] > steps:
+        print(f"WARNING: CRIC may still be forgetting groups at the end (latest_done="
+              f"{plan['latest_done']} > steps={steps}); raise --steps")
+    except ImportError:
+      pass
   else:
     raise ValueError(optimizer)
 
