@@ -120,7 +120,7 @@ def main(argv=None):
   ap = argparse.ArgumentParser()
   ap.add_argument("--small", action="store_true")
   a = ap.parse_args(argv)
-  repeats, inner = (15, 5) if a.small else (30, 8)
+  repeats, inner = (15, 5) if a.small else (24, 8)
   rows, info = [], {}
   for name in ("digits_cnn", "char_gpt"):
     r, i = bench_model(name, repeats, inner)
