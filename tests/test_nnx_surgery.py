@@ -204,3 +204,29 @@ def test_prune_nnx_errors_and_nonzero_warning():
   with pytest.warns(UserWarning, match="not be equivalent|NOT be equivalent"):
     small = hj.prune_nnx(model, space, keep)
   assert small.l1.out_features == 15
+
+
+def test_prune_nnx_refuses_to_rebuild_a_norm_over_pruned_channels():
+  """RMSNorm over a pruned width is exact only with the traced 1/width (hj.compress)."""
+  import hesso_jax as hj
+
+  class M(nnx.Module):
+    def __init__(self, rngs):
+      self.l1 = nnx.Linear(4, 8, rngs=rngs)
+      self.norm = nnx.RMSNorm(8, rngs=rngs)
+      self.l2 = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x):
+      return self.l2(self.norm(self.l1(x)))
+
+  model = M(nnx.Rngs(0))
+  gdef, state = nnx.split(model)
+  x = jnp.linspace(-1.0, 1.0, 8).reshape(2, 4)
+  fn = lambda s, x: nnx.merge(gdef, s)(x)
+  space = hj.discover(fn, state, x)
+  assert space.num_groups == 8
+  zeroed = space.zero_groups(state, jnp.array([1, 5]))
+  with pytest.raises(ValueError, match="RMSNorm"):
+    hj.prune_nnx(nnx.merge(gdef, zeroed), space)
+  small_fn, small = hj.compress(fn, zeroed, space, x)
+  np.testing.assert_allclose(small_fn(small, x), fn(zeroed, x), atol=1e-5, rtol=0)

@@ -106,6 +106,14 @@ def _fix_norm(mod, old) -> None:
     if s is not None:
       mod.num_features = int(s[0])
       break
+  if isinstance(mod, (nnx.LayerNorm, nnx.RMSNorm)) and mod.num_features != old["num_features"]:
+    # The traced jaxpr divides the statistics by the ORIGINAL width (exact, what hj.compress
+    # keeps); a rebuilt norm would divide by the new width and silently change the output.
+    raise ValueError(
+        f"prune_nnx: {type(mod).__name__} num_features {old['num_features']} -> "
+        f"{mod.num_features}: a rebuilt norm averages over the new width, which changes its output. "
+        "Use hj.compress (it keeps the traced 1/width), or keep this space out of pruning "
+        "(hj.discover(..., ignore=...))")
   if isinstance(mod, nnx.GroupNorm) and mod.num_features != old["num_features"]:
     per = old["num_features"] // mod.num_groups if mod.num_groups else None
     if per and mod.num_features % per == 0 and mod.group_size is None:
