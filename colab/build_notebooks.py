@@ -396,7 +396,7 @@ NB02 = [
     if SMALL:
         CFG = dict(d_model=32, heads=2, layers=1, seq=32, batch=16, steps=60)
     else:
-        CFG = dict(d_model=128, heads=4, layers=2, seq=64, batch=32, steps=1500)
+        CFG = dict(d_model=64, heads=4, layers=2, seq=64, batch=32, steps=1000)
     D, H, L, T = CFG["d_model"], CFG["heads"], CFG["layers"], CFG["seq"]
     DH = D // H
 
