@@ -207,6 +207,30 @@ def expand_channel_mask(mask: np.ndarray, m: AxisSlice, n: int) -> np.ndarray:
   return np.broadcast_to(full[None, :, None], (m.outer, w, m.inner)).reshape(-1)
 
 
+def _unshard(v: jax.Array) -> jax.Array:
+  """A per-group vector, made replicated under an explicit-axes mesh (sharding in types).
+
+  A reduction over a producer axis sharded along a mesh axis yields a vector sharded along it;
+  with ``AxisType.Explicit`` that sharding is part of the type and sorting it is an error. With
+  auto axes (or no mesh) the type carries no sharding and this is a no-op.
+  """
+  spec = getattr(getattr(jax.typeof(v), "sharding", None), "spec", None)
+  if spec is not None and any(a is not None for a in spec):
+    return jax.sharding.reshard(v, jax.sharding.PartitionSpec())
+  return v
+
+
+def _shard_like(v: jax.Array, x: Any) -> jax.Array:
+  """Under an explicit-axes mesh, give broadcastable ``v`` the sharding of leaf ``x`` (no-op else)."""
+  xspec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None) if isinstance(
+      x, jax.Array) else None
+  if xspec is None or not any(a is not None for a in xspec) or np.ndim(v) != np.ndim(x):
+    return v
+  spec = tuple(a if v.shape[i] == x.shape[i] and v.shape[i] != 1 else None
+               for i, a in enumerate(tuple(xspec) + (None,) * (np.ndim(x) - len(xspec))))
+  return jax.sharding.reshard(v, jax.sharding.PartitionSpec(*spec))
+
+
 # ----------------------------------------------------------------------------------------------
 # SearchSpace
 # ----------------------------------------------------------------------------------------------
@@ -338,7 +362,7 @@ class SearchSpace:
           continue
         leaves = [lm[m.path] for lm in leaf_maps]
         val = fn(*[jnp.asarray(l).astype(dtype) for l in leaves])
-        acc = acc + _reduce_to_channels(val, m, s.size)
+        acc = acc + _unshard(_reduce_to_channels(val, m, s.size))
       parts.append(acc)
     return jnp.concatenate(parts) if parts else jnp.zeros((0,), dtype)
 
@@ -380,7 +404,7 @@ class SearchSpace:
       out = jnp.asarray(fill, values.dtype)
       for m, n, off in per_path.get(path, ()):
         out = combine(out, _expand_from_channels(values[off:off + n], m, n, np.ndim(x), fill))
-      return out
+      return _shard_like(out, x)
 
     return _tree_map_with_paths(leaf_fn, tree)
 

@@ -206,6 +206,58 @@ def scenario(kind: str, ckpt_dir: str) -> dict:
   return out
 
 
+def scenario_explicit(kind: str) -> dict:
+  """A plain-jnp MLP under an *explicit*-axes mesh (jax.make_mesh's default, sharding in types)."""
+  from jax.sharding import AxisType
+
+  rng = np.random.default_rng(1)
+  v = {"w1": rng.normal(size=(16, 32)).astype(np.float32), "b1": np.zeros(32, np.float32),
+       "w2": rng.normal(size=(32, 32)).astype(np.float32) / 6, "b2": np.zeros(32, np.float32),
+       "w3": rng.normal(size=(32, 10)).astype(np.float32) / 6}
+  x = rng.normal(size=(16, 16)).astype(np.float32)
+  y = rng.integers(0, 10, 16).astype(np.int32)
+  explicit = [False]
+
+  def f(p, x):
+    h = jax.nn.relu(x @ p["w1"] + p["b1"])  # TP: w1 columns over 'model'
+    kw = dict(out_sharding=P("data", None)) if explicit[0] else {}
+    h = jax.nn.relu(jnp.matmul(h, p["w2"], **kw) + p["b2"])  # w2 rows over 'model'
+    return h @ p["w3"]
+
+  space = hj.discover(f, v, x)
+  if kind == "hesso":
+    tx = hj.hesso(optax.adam(1e-2), space, target_group_sparsity=0.5, warmup_steps=1, pruning_steps=4)
+    steps = 7
+  else:
+    kw = dict(start_cric_step=1, sampling_steps=2, max_cycle_period=2, hybrid_training_steps=2,
+              trial_sparsities=(0.5,))
+    tx = hj.hesso_cric(optax.adam(1e-2), space, target_group_sparsity=0.5, **kw)
+    steps = hj.optim.cric.cric_schedule(space, **kw)["latest_done"] + 1
+
+  def step(p, s, x, y):
+    loss, g = jax.value_and_grad(
+        lambda p: optax.softmax_cross_entropy_with_integer_labels(f(p, x), y).mean())(p)
+    u, s = tx.update(g, s, p, value=loss)
+    return optax.apply_updates(p, u), s
+
+  p1, s1 = run(jax.jit(step), v, tx.init(v), [x] * steps, [y] * steps, 0, steps)
+  mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+  explicit[0] = True
+  with jax.set_mesh(mesh):
+    specs = {"w1": P(None, "model"), "b1": P("model"), "w2": P("model", None), "b2": P(),
+             "w3": P(None, None)}
+    params = jax.device_put(v, {k: NamedSharding(mesh, sp) for k, sp in specs.items()})
+    xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+    ys = jax.device_put(y, NamedSharding(mesh, P("data")))
+    state = hj.sharded_init(tx, params)
+    p2, s2 = run(jax.jit(step), params, state, [xs] * steps, [ys] * steps, 0, steps)
+  return dict(kind=kind, max_param_diff=max_diff(p1, p2),
+              masks_equal=bool(np.array_equal(np.asarray(hj.pruned_mask(s1)), np.asarray(hj.pruned_mask(s2)))),
+              num_pruned=int(np.sum(np.asarray(hj.pruned_mask(s2)))), num_groups=int(space.num_groups),
+              w1_sharded=not p2["w1"].sharding.is_fully_replicated,
+              mask_replicated=bool(_the_state(s2).pruned.sharding.is_fully_replicated))
+
+
 _CACHE: dict = {}
 
 
@@ -232,6 +284,7 @@ def main(argv):
   kinds = ("hesso", "cric") if what == "all" else (what,)
   for kind in kinds:
     out[kind] = scenario(kind, argv[2])
+    out["explicit_" + kind] = scenario_explicit(kind)
   print("RESULT " + json.dumps(out), flush=True)
 
 

@@ -113,3 +113,14 @@ def test_opt_state_shardings_needs_shardings():
   abs_p = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
   with pytest.raises(ValueError, match="every parameter needs a sharding"):
     hj.opt_state_shardings(tx, abs_p)
+
+
+@pytest.mark.parametrize("kind", ["hesso", "cric"])
+def test_explicit_axes_mesh_equals_one_device_run(res, kind):
+  # jax.make_mesh's default axis type is Explicit (shardings are part of the types): the (G,)
+  # group vectors must be unsharded before sorting and the masks resharded like each leaf.
+  r = res["explicit_" + kind]
+  assert r["w1_sharded"] and r["mask_replicated"], r
+  assert r["num_pruned"] == r["num_groups"] // 2, r
+  assert r["masks_equal"], r
+  assert r["max_param_diff"] <= 1e-4, r
