@@ -113,15 +113,23 @@ def test_compress_errors():
     hj.compress(case.fn, z, bad, *case.args)
 
 
-def test_compressed_fn_is_library_independent_and_batch_agnostic():
-  case = zoo.resnet_basic()
+@pytest.mark.parametrize("name", ["cnn_bn", "gpt"])
+def test_compressed_fn_runs_at_other_batch_sizes(name):
+  """Traced with batch 2, called with batch 5 (flatten/reshape sizes follow the input)."""
+  case = CASES[name]()
   space = hj.discover(case.fn, case.variables, *case.args)
   masked, _ = _zero_random(space, case.variables, 0.3, seed=3)
   small_fn, small = hj.compress(case.fn, masked, space, *case.args)
+  (x,) = case.args
+  big = jnp.concatenate([x, x, x], axis=0)[:5]
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    out = jax.jit(small_fn)(small, *case.args)
-  assert out.shape == (2, 10)
+    out = jax.jit(small_fn)(small, big)
+  assert out.shape[0] == 5
+  np.testing.assert_allclose(np.asarray(out), np.asarray(jax.jit(case.fn)(masked, big)), atol=1e-5,
+                             rtol=0)
+  full, comp = hj.count(case.fn, masked, big), hj.count(small_fn, small, big)
+  assert comp["flops"] < full["flops"]
 
 
 def test_approximate_residual_stream_reports_deviation():

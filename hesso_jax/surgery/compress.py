@@ -32,12 +32,32 @@ def _is_drop(v) -> bool:
 
 
 class _Shrink:
-  """New axis sizes from per-leaf keep masks."""
+  """New axis sizes: kept channel counts, and the actual sizes of the data inputs' axes.
 
-  def __init__(self, an: Analysis, leaf_keep: dict):
+  ``dyn`` maps atoms bound to a data input (batch, sequence) to the size seen at call time, so
+  the compressed function runs at any batch size, not only the traced one.
+  """
+
+  def __init__(self, an: Analysis, leaf_keep: dict, dyn: dict | None = None,
+               masks: dict | None = None):
+    self.an = an
     self.A = an.atoms
     self.leaf_keep = leaf_keep
-    self._mask: dict[int, np.ndarray] = {}
+    self.dyn = dyn or {}
+    self._mask: dict[int, np.ndarray] = {} if masks is None else masks
+
+  def with_inputs(self, visit: Visit, invars, values) -> "_Shrink":
+    dyn = {}
+    for v, x in zip(invars, values):
+      for a, old, new in zip(visit.env[v], v.aval.shape, np.shape(x)):
+        if old != new:
+          r = self.A.find(a)
+          if r in self.A.struct:
+            raise ValueError(f"small_fn: input axis of traced size {old} cannot change to {new}")
+          if dyn.get(r, new) != new:
+            raise ValueError(f"small_fn: inputs disagree on a tied axis ({dyn[r]} vs {new})")
+          dyn[r] = int(new)
+    return _Shrink(self.an, self.leaf_keep, dyn, self._mask) if dyn else self
 
   def mask(self, atom: int) -> np.ndarray:
     r = self.A.find(atom)
@@ -45,8 +65,16 @@ class _Shrink:
       self._mask[r] = self.A.keep_mask(r, self.leaf_keep)
     return self._mask[r]
 
-  def size(self, atom: int) -> int:
-    return int(self.mask(atom).sum())
+  def size(self, atom: int, depth: int = 0) -> int:
+    r = self.A.find(atom)
+    if r in self.dyn:
+      return self.dyn[r]
+    if self.dyn and r in self.A.struct and depth < 64:
+      n = 1
+      for f in self.A.struct[r]:
+        n *= sum(self.size(p, depth + 1) for p in f)
+      return n
+    return int(self.mask(r).sum())
 
   def shape(self, visit: Visit, v) -> tuple[int, ...]:
     return tuple(self.size(a) for a in visit.env[v])
@@ -77,9 +105,12 @@ def _rewrite_params(sh: _Shrink, visit: Visit, eqn, invals) -> dict:
     p["sizes"] = tuple(sh.shape(visit, o)[p["axis"]] for o in eqn.outvars)
   elif name == "slice":
     starts, limits = list(p["start_indices"]), list(p["limit_indices"])
+    old = tuple(eqn.invars[0].aval.shape)
     for k, a in enumerate(visit.env[eqn.invars[0]]):
       m = sh.mask(a)
       if m.all():
+        if starts[k] == 0 and limits[k] == old[k]:
+          limits[k] = sh.size(a)  # a full slice of an input-sized axis stays full
         continue
       starts[k], limits[k] = int(m[:starts[k]].sum()), int(m[:limits[k]].sum())
     p["start_indices"], p["limit_indices"] = tuple(starts), tuple(limits)
@@ -249,7 +280,8 @@ def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
     if atree != tr.arg_treedef:
       raise ValueError("small_fn: arguments must have the structure used at compress time")
     dyn = [x for x, d in zip(al, tr.arg_dynamic) if d]
-    outs = _eval(sh, top, consts, list(vl) + dyn)
+    call_sh = sh.with_inputs(top, top.jaxpr.invars[tr.num_var_leaves:], dyn)
+    outs = _eval(call_sh, top, consts, list(vl) + dyn)
     return jax.tree_util.tree_unflatten(tr.out_tree, outs)
 
   small_fn.approximate_spaces = tuple(approximate)
