@@ -103,7 +103,14 @@ def load_task(task: str, small: bool, cfg: TaskConfig, seed: int):
 
 def run(task: str, optimizer: str, sparsity: float = 0.5, *, steps: int | None = None,
         small: bool = False, seed: int = 0, lr: float | None = None, out_dir: str | None = None,
-        progress: bool = True, plots: bool = True) -> dict:
+        progress: bool = True, plots: bool = True, cric_kw: dict | None = None,
+        artifacts: dict | None = None) -> dict:
+  """One training run; returns (and writes) its record.
+
+  ``cric_kw`` overrides entries of :func:`cric_schedule` (hesso_cric only). When ``artifacts`` is a
+  dict it is filled with ``model``, ``space``, ``variables`` (trained), ``x_example`` and
+  ``opt_state`` for callers that measure more (experiments/sweep.py: compressed latency).
+  """
   cfg = CONFIGS[task]
   steps = steps or (cfg.small_steps if small else cfg.steps)
   lr = cfg.lr if lr is None else lr
@@ -133,7 +140,7 @@ def run(task: str, optimizer: str, sparsity: float = 0.5, *, steps: int | None =
     tx, record["tx_source"] = H.make_hesso(base, space_p, target_group_sparsity=sparsity, **kw)
     record["hesso"] = kw
   elif optimizer == "hesso_cric":
-    kw = cric_schedule(steps, small)
+    kw = {**cric_schedule(steps, small), **(cric_kw or {})}
     try:
       tx, record["tx_source"] = H.make_hesso_cric(base, space_p, target_group_sparsity=sparsity, **kw)
     except NotImplementedError as e:
@@ -168,6 +175,9 @@ def run(task: str, optimizer: str, sparsity: float = 0.5, *, steps: int | None =
   else:
     record["group_sparsity"], record["params_kept"] = 0.0, n_params
   record["history"] = res.history
+  if artifacts is not None:
+    artifacts.update(model=model, space=space, variables=res.variables, x_example=x_ex,
+                     opt_state=res.opt_state)
 
   out = T.results_dir(out_dir or task)
   stem = f"{optimizer}_s{sparsity:g}" + ("_small" if small else "") + f"_seed{seed}"
