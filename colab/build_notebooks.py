@@ -269,7 +269,6 @@ NB01 = [
     `hj.compress(fn, variables, space, *args)` slices every member axis of every space by the kept
     groups (the full `space`, so the batch-norm statistics are sliced too) and returns a callable
     for the smaller arrays. Its outputs equal the trained network's (to float32 rounding).
-    A compressed callable is specialised to the input shapes it was compressed with.
     '''),
     code('''
     small_fn, small_vars = hj.compress(fn, hesso_vars, space, x_test)
@@ -283,7 +282,7 @@ NB01 = [
     '''),
     code('''
     before = hj.count(fn, hesso_vars, x_test[:1])
-    # small_fn is specialised to x_test's shape; compress again for a single image
+    # count per image: compress with a single-image input
     small_fn1, small_vars1 = hj.compress(fn, hesso_vars, space, x_test[:1])
     after = hj.count(small_fn1, small_vars1, x_test[:1])
     print(f"{'':>12} {'params':>10} {'FLOPs/image':>12}")
@@ -614,8 +613,8 @@ NB02 = [
     md('''
     ## Sample from the compressed model
 
-    The compressed callable is shape-specialised (batch 64 x `seq` here), so we sample by feeding a
-    full window and reading the last position's logits.
+    We compress for a single window of `seq` characters and sample by feeding the last `seq`
+    characters, reading the last position's logits.
     '''),
     code('''
     sample_fn, sample_params = hj.compress(gpt, pruned_params, space, x_val[:1])
