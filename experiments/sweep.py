@@ -147,6 +147,16 @@ def run_one(task: str, optimizer: str, sparsity: float, *, steps: int, small: bo
     rep = hj.sparsity_report(space.subtree("params"), art["variables"]["params"])
     rec["spaces"] = {k: {"kept": v["kept"], "size": v["size"]} for k, v in rep["spaces"].items()
                      if v.get("prunable", True)}
+  st = art.get("opt_state")
+  if hasattr(st, "end") and hasattr(st, "historical"):  # HESSO-CRIC diagnostics
+    rec["cric_state"] = {"end": int(st.end), "historical_groups": int(np.sum(st.historical)),
+                         "pruned_groups": int(np.sum(st.pruned)), "ref_loss": float(st.ref_loss),
+                         "loss_ratio": np.asarray(st.loss_ratio).tolist()}
+  hist = rec.get("history") or {}
+  if hist.get("group_sparsity"):  # first logged step at which the final sparsity is reached
+    final = hist["group_sparsity"][-1]
+    rec["sparsity_reached_step"] = next(s for s, g in zip(hist["cb_step"], hist["group_sparsity"])
+                                        if g >= final - 1e-9)
   if rec.get("params_total"):
     rec["params_kept_pct"] = 100.0 * rec["params_kept"] / rec["params_total"]
   if rec.get("flops") and rec.get("flops_compressed") is not None:
