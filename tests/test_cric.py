@@ -13,40 +13,7 @@ import pytest
 import hesso_jax as hj
 from hesso_jax.optim.cric import cric_schedule
 from hesso_jax.space import CONSUMER, AxisSlice, ChannelSpace, SearchSpace
-
-DIMS = (4, 8, 6, 3)
-
-
-def mlp(seed=0, dims=DIMS):
-  key = jax.random.PRNGKey(seed)
-  params = {}
-  for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-    k1, k2, key = jax.random.split(key, 3)
-    params[f"l{i}"] = {"kernel": jax.random.normal(k1, (a, b)) / math.sqrt(a),
-                       "bias": 0.1 * jax.random.normal(k2, (b,))}
-  spaces = []
-  for i in range(len(dims) - 2):
-    spaces.append(ChannelSpace(dims[i + 1], (
-        AxisSlice((f"l{i}", "kernel"), 1), AxisSlice((f"l{i}", "bias"), 0),
-        AxisSlice((f"l{i + 1}", "kernel"), 0, CONSUMER)), name=f"h{i}"))
-  n = len(dims) - 2
-  spaces.append(ChannelSpace(dims[-1], (AxisSlice((f"l{n}", "kernel"), 1),), prunable=False,
-                             reason="output"))
-  return params, SearchSpace(tuple(spaces))
-
-
-def forward(params, x):
-  h = x
-  n = len(params)
-  for i in range(n):
-    h = h @ params[f"l{i}"]["kernel"] + params[f"l{i}"]["bias"]
-    if i < n - 1:
-      h = jax.nn.relu(h)
-  return h
-
-
-def loss_fn(params, x, y):
-  return jnp.mean((forward(params, x) - y) ** 2)
+from mlp_case import DIMS, forward, loss_fn, mlp
 
 
 X = jax.random.normal(jax.random.PRNGKey(1), (16, DIMS[0]))

@@ -1,7 +1,6 @@
 """Fast checks of the experiments package: real offline data, model shapes, the training loop."""
 
 import json
-import os
 import pathlib
 import sys
 

@@ -10,43 +10,9 @@ import optax
 import pytest
 
 import hesso_jax as hj
-from hesso_jax.optim import saliency as sal
 from hesso_jax.optim.hesso import select_groups
-from hesso_jax.space import CONSUMER, AxisSlice, ChannelSpace, SearchSpace
-
-
-def mlp(seed=0, dims=(4, 8, 6, 3)):
-  """A 3-layer MLP params dict and its hand-written search space (two prunable hidden spaces)."""
-  key = jax.random.PRNGKey(seed)
-  params = {}
-  for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-    k1, k2, key = jax.random.split(key, 3)
-    params[f"l{i}"] = {"kernel": jax.random.normal(k1, (a, b)) / math.sqrt(a),
-                       "bias": 0.1 * jax.random.normal(k2, (b,))}
-  spaces = []
-  for i in range(len(dims) - 2):
-    spaces.append(ChannelSpace(dims[i + 1], (
-        AxisSlice((f"l{i}", "kernel"), 1), AxisSlice((f"l{i}", "bias"), 0),
-        AxisSlice((f"l{i + 1}", "kernel"), 0, CONSUMER)), name=f"h{i}"))
-  n = len(dims) - 2
-  spaces.append(ChannelSpace(dims[-1], (AxisSlice((f"l{n}", "kernel"), 1), AxisSlice((f"l{n}", "bias"), 0)),
-                             prunable=False, reason="feeds the output"))
-  return params, SearchSpace(tuple(spaces))
-
-
-def loss_fn(params, x, y):
-  h = x
-  n = len(params)
-  for i in range(n):
-    h = h @ params[f"l{i}"]["kernel"] + params[f"l{i}"]["bias"]
-    if i < n - 1:
-      h = jax.nn.relu(h)
-  return jnp.mean((h - y) ** 2)
-
-
-def data(seed=1, n=16, din=4, dout=3):
-  kx, ky = jax.random.split(jax.random.PRNGKey(seed))
-  return jax.random.normal(kx, (n, din)), jax.random.normal(ky, (n, dout))
+from hesso_jax.space import SearchSpace
+from mlp_case import data, loss_fn, mlp
 
 
 def make_step(tx, jit=True):

@@ -12,41 +12,7 @@ import pytest
 from flax import nnx
 
 import hesso_jax as hj
-from hesso_jax.space import CONSUMER, AxisSlice, ChannelSpace, SearchSpace
-
-DIMS = (4, 8, 6, 3)
-
-
-def mlp(seed=0, dims=DIMS, dtype=jnp.float32):
-  key = jax.random.PRNGKey(seed)
-  params = {}
-  for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-    k1, k2, key = jax.random.split(key, 3)
-    params[f"l{i}"] = {"kernel": (jax.random.normal(k1, (a, b)) / math.sqrt(a)).astype(dtype),
-                       "bias": (0.1 * jax.random.normal(k2, (b,))).astype(dtype)}
-  return params, mlp_space(dims)
-
-
-def mlp_space(dims=DIMS, suffix=()):
-  spaces = []
-  for i in range(len(dims) - 2):
-    spaces.append(ChannelSpace(dims[i + 1], (
-        AxisSlice((f"l{i}", "kernel") + suffix, 1), AxisSlice((f"l{i}", "bias") + suffix, 0),
-        AxisSlice((f"l{i + 1}", "kernel") + suffix, 0, CONSUMER)), name=f"h{i}"))
-  n = len(dims) - 2
-  spaces.append(ChannelSpace(dims[-1], (AxisSlice((f"l{n}", "kernel") + suffix, 1),),
-                             prunable=False, reason="output"))
-  return SearchSpace(tuple(spaces))
-
-
-def loss_fn(params, x, y):
-  h = x
-  n = len(params)
-  for i in range(n):
-    h = h @ params[f"l{i}"]["kernel"] + params[f"l{i}"]["bias"]
-    if i < n - 1:
-      h = jax.nn.relu(h)
-  return jnp.mean((h.astype(jnp.float32) - y) ** 2)
+from mlp_case import DIMS, loss_fn, mlp, mlp_space
 
 
 X = jax.random.normal(jax.random.PRNGKey(1), (16, DIMS[0]))

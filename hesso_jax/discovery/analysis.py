@@ -18,8 +18,6 @@ import dataclasses
 import re
 from typing import Any, Callable
 
-import jax
-import numpy as np
 
 from hesso_jax.discovery import rules as R
 from hesso_jax.discovery.atoms import Atoms
@@ -126,7 +124,6 @@ def _srcs(visit, vars_):
 
 def _eqn_atoms(ctx: _Ctx, visit: Visit, i: int, eqn, ins):
   name = eqn.primitive.name
-  A = ctx.atoms
   if name in CALL_PRIMITIVES:
     key = CALL_PRIMITIVES[name]
     if key not in eqn.params:
@@ -310,7 +307,7 @@ def analyse(fn, variables, *args, ignore=None, approximate: bool = False,
   tr = trace(fn, variables, *args, is_state=is_state, **kwargs)
   ctx = _Ctx()
   A = ctx.atoms
-  jaxpr, consts = tr.closed.jaxpr, tr.closed.consts
+  jaxpr = tr.closed.jaxpr
   in_atoms, in_src = [], []
   for k, v in enumerate(jaxpr.invars):
     shp = R.shape_of(v)

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 
 from hesso_jax.optim import saliency as sal
-from hesso_jax.optim.hesso import (_check_int, _check_sparsity, _concrete, _cond, _resolve_space,
+from hesso_jax.optim.hesso import (_check_int, _check_sparsity, _cond, _resolve_space,
                                    _warn_if_unreachable, lowest_k, masked_updates, select_groups,
                                    target_num_groups, within_space_rank)
 from hesso_jax.space import SearchSpace

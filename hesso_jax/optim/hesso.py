@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from hesso_jax.optim import saliency as sal
-from hesso_jax.space import PRODUCER, SearchSpace, leaves_with_paths, normalize_path, path_str
+from hesso_jax.space import PRODUCER, SearchSpace, leaves_with_paths, normalize_path
 
 __all__ = [
     "HessoState",

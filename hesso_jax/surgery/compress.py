@@ -20,7 +20,8 @@ import numpy as np
 from jax import lax
 
 from hesso_jax.discovery.analysis import CALL_PRIMITIVES, Analysis, Visit, _jaxpr_and_consts, analyse
-from hesso_jax.space import SearchSpace, leaves_with_paths, path_str
+from hesso_jax.space import SearchSpace
+from hesso_jax.surgery.prune import resolve_keep
 
 
 def _is_literal(v) -> bool:
@@ -217,18 +218,6 @@ def _match_spaces(space: SearchSpace, an: Analysis) -> list[int]:
   return out
 
 
-def resolve_keep(space: SearchSpace, variables, keep) -> np.ndarray:
-  """The (num_groups,) bool keep-mask: given, or every group whose producer norm is not 0."""
-  G = space.num_groups
-  if keep is None:
-    norms = np.asarray(space.group_norms(variables))
-    return norms != 0
-  keep = np.asarray(keep)
-  if keep.dtype != bool or keep.shape != (G,):
-    raise ValueError(f"keep must be a bool array of shape ({G},), got {keep.dtype} {keep.shape}")
-  return keep
-
-
 def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
              check_zero: bool = True, **kwargs) -> tuple[Callable, Any]:
   """Return ``(small_fn, small_variables)`` with the dropped groups cut out of every array.
@@ -241,27 +230,19 @@ def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
   measured, warned about and stored as ``small_fn.max_deviation``.
   """
   an = analyse(fn, variables, *args, approximate=True, **kwargs)
-  keep = resolve_keep(space, variables, keep)
+  # validated (shape, dtype, >= 1 channel kept per space); warns if non-zero groups are dropped
+  keep = resolve_keep(space, variables, keep, warn=check_zero)
   leaves = _match_spaces(space, an)
-  norms = np.asarray(space.group_norms(variables)) if check_zero else None
   leaf_keep = {}
   approximate = []
   for s, off, leaf in zip(space.prunable_spaces, space.group_offsets, leaves):
     k = keep[off:off + s.size]
-    if not k.any():
-      raise ValueError(f"compress: the keep-mask keeps no channel of space {s.label()!r}")
     ans = an.space.channel_spaces[an.space_leaves.index(leaf)]
     if not k.all() and not ans.prunable:
       raise ValueError(f"compress: space {s.label()!r} is not zero-invariant ({ans.reason}); "
                        "removing its channels would change the function")
     if not k.all() and "(approximate)" in ans.name:
       approximate.append(s.label())
-    if check_zero and not k.all():
-      dropped = norms[off:off + s.size][~k]
-      if dropped.size and float(np.max(dropped)) > 0:
-        warnings.warn(f"compress: dropping groups of space {s.label()!r} whose producer norm is not "
-                      f"zero (max {float(np.max(dropped)):.3g}); the compressed model is NOT "
-                      "equivalent to the full one", UserWarning, stacklevel=2)
     leaf_keep[an.atoms.find(leaf)] = k
   sh = _Shrink(an, leaf_keep)
   tr = an.traced

@@ -31,7 +31,6 @@ import math
 import warnings
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -39,7 +38,7 @@ from flax import nnx
 from flax.core import FrozenDict
 from flax.nnx.nn import attention as _nnx_attention
 
-from hesso_jax.space import SearchSpace, leaves_with_paths, path_str
+from hesso_jax.space import SearchSpace, path_str
 from hesso_jax.surgery.prune import _slice_leaf, axis_plan, prune, rebase_space, resolve_keep
 
 

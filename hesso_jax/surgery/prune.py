@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from hesso_jax.space import (
-    PRODUCER,
-    AxisSlice,
-    ChannelSpace,
     Path,
     SearchSpace,
     expand_channel_mask,
