@@ -380,7 +380,12 @@ def _space_name(ms) -> str:
              or (str(m.path[-1]) == "value" and len(m.path) > 1
                  and str(m.path[-2]) in ("kernel", "weight", "embedding"))]
   m = (weights or prods)[0]
-  return f"{path_str(m.path)}[{m.axis}]"
+  lay = []
+  if m.outer != 1:
+    lay.append(f"outer={m.outer}")
+  if m.inner != 1:
+    lay.append(f"inner={m.inner}")
+  return f"{path_str(m.path)}[{m.axis}]" + (f" ({', '.join(lay)})" if lay else "")
 
 
 def discover(fn: Callable, variables: Any, *args, ignore=None, approximate: bool = False,
