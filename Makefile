@@ -24,7 +24,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 notebooks: $(STAMP)
-	RUN_NOTEBOOKS=1 $(PY) -m pytest -q tests/test_notebooks.py
+	$(PY) -m pytest -q -m notebooks tests/test_notebooks.py
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
