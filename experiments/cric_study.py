@@ -26,6 +26,7 @@ import time
 import jax
 
 from experiments import sweep as SW
+from hesso_jax.optim.cric import DEFAULT_CRIC_IMPORTANCE
 from experiments import train as T
 
 
@@ -38,6 +39,9 @@ def main(argv=None):
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--no-latency", action="store_true")
   ap.add_argument("--force", action="store_true")
+  ap.add_argument("--ablate-loss", type=float, nargs="*", default=[0.0], metavar="W",
+                  help="extra HESSO-CRIC runs with importance['loss'] = W (default: 0.0, i.e. the "
+                       "final ranking by mean saliency only); pass no value to skip")
   a = ap.parse_args(argv)
   cmd = "python -m experiments.cric_study " + " ".join(
       shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
@@ -51,15 +55,24 @@ def main(argv=None):
     plan.append((task, "dense", 0.0, steps))
     for s in a.sparsities:
       plan += [(task, "hesso", s, steps), (task, "hesso_cric", s, steps)]
+      plan += [(task, f"hesso_cric_loss{w:g}", s, steps) for w in a.ablate_loss]
 
   t0 = time.perf_counter()
   recs, rows, dense = [], [], {}
   bar = tqdm(plan, desc="cric_study", dynamic_ncols=True)
   for task, opt, s, steps in bar:
     bar.set_postfix_str(f"{task}/{opt}/{s:g}")
-    r = SW.run_one(task, opt, s, steps=steps, small=a.small, seed=a.seed,
-                   cric_kw=sched[task] if opt == "hesso_cric" else None,
-                   latency=not a.no_latency, force=a.force)
+    if opt.startswith("hesso_cric_loss"):  # ablation: another loss weight in the final ranking
+      w = float(opt[len("hesso_cric_loss"):])
+      imp = {**DEFAULT_CRIC_IMPORTANCE, "loss": w}
+      r = SW.run_one(task, "hesso_cric", s, steps=steps, small=a.small, seed=a.seed,
+                     cric_kw={**sched[task], "importance": imp}, latency=not a.no_latency,
+                     force=a.force, out_root=f"sweep_runs_cric_loss{w:g}")
+      r["optimizer"] = opt
+    else:
+      r = SW.run_one(task, opt, s, steps=steps, small=a.small, seed=a.seed,
+                     cric_kw=sched[task] if opt == "hesso_cric" else None,
+                     latency=not a.no_latency, force=a.force)
     r.pop("history", None)
     if opt == "dense":
       dense[task] = r
@@ -77,15 +90,19 @@ def main(argv=None):
                 "cric_schedules": sched, "rows": rows, "records": recs}, res / "cric_study.json")
 
   # accuracy table: one row per (task, target)
-  lines = ["| task | target | dense | HESSO | HESSO-CRIC | CRIC - HESSO | achieved sparsity (HESSO / CRIC) |",
-           "|---|---:|---:|---:|---:|---:|---|"]
+  abl = [f"hesso_cric_loss{w:g}" for w in a.ablate_loss]
+  lines = ["| task | target | dense | HESSO | HESSO-CRIC | CRIC - HESSO | achieved sparsity (HESSO / CRIC) |"
+           + "".join(f" CRIC, importance['loss']={w:g} |" for w in a.ablate_loss),
+           "|---|---:|---:|---:|---:|---:|---|" + "---:|" * len(abl)]
   for task in a.tasks:
     d = dense[task]["accuracy"]
     for s in a.sparsities:
       h = next(r for r in rows if r["task"] == task and r["optimizer"] == "hesso" and r["target"] == s)
       c = next(r for r in rows if r["task"] == task and r["optimizer"] == "hesso_cric" and r["target"] == s)
       lines.append(f"| {task} | {s:.0%} | {100 * d:.2f}% | {100 * h['value']:.2f}% | {100 * c['value']:.2f}% | "
-                   f"{100 * (c['value'] - h['value']):+.2f} pt | {h['group_sparsity']:.1%} / {c['group_sparsity']:.1%} |")
+                   f"{100 * (c['value'] - h['value']):+.2f} pt | {h['group_sparsity']:.1%} / {c['group_sparsity']:.1%} |"
+                   + "".join(f" {100 * x['value']:.2f}% |" for o in abl for x in rows
+                             if x["task"] == task and x["optimizer"] == o and x["target"] == s))
   acc_md = "\n".join(lines) + "\n"
 
   # diagnostics: per-space kept/size, commit step
@@ -104,6 +121,10 @@ def main(argv=None):
       f"{r['target']:.0%}: hybrid started at step {r['cric_state']['end']}, "
       f"{r['cric_state']['historical_groups']} groups were ever violating"
       for r in rows if r["task"] == t and r["optimizer"] == "hesso_cric" and r.get("cric_state"))
+      + "; loss ratios (space x trial sparsity 25/50/75%) and ref loss: " + "; ".join(
+      f"{r['target']:.0%}: ref {r['cric_state']['ref_loss']:.2g}, ratios "
+      + str([[round(v, 1) for v in row] for row in r['cric_state']['loss_ratio']])
+      for r in rows if r["task"] == t and r["optimizer"] == "hesso_cric" and r.get("cric_state"))
       for t in a.tasks]
   md = (f"# HESSO vs HESSO-CRIC\n\nRegenerate: `{cmd}`\n\nCPU ({os.cpu_count()} shared cores), jax "
         f"{jax.__version__}, seed {a.seed}, one seed per cell (differences below ~1 point on the 450-image digits "
@@ -116,7 +137,7 @@ def main(argv=None):
   fig, axes = plt.subplots(1, len(a.tasks), figsize=(4.4 * len(a.tasks), 3.6), dpi=110, squeeze=False)
   for ax, task in zip(axes[0], a.tasks):
     ax.axhline(100 * dense[task]["accuracy"], color="k", ls="--", lw=1, label="dense")
-    for opt, mk in (("hesso", "o"), ("hesso_cric", "s")):
+    for opt, mk in [("hesso", "o"), ("hesso_cric", "s")] + [(o, "^") for o in abl]:
       pts = sorted((r["target"], 100 * r["value"]) for r in rows if r["task"] == task and r["optimizer"] == opt)
       ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=mk, label=opt)
     ax.set_xlabel("target group sparsity")
