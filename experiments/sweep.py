@@ -227,6 +227,31 @@ def markdown(rows: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def paper_table(rows: list[dict]) -> str:
+  """Compact table: one line per (task, target); HESSO's params/FLOPs kept and latency ratio
+  (CRIC's in brackets where it ran)."""
+  hdr = ("| task | group sparsity | dense | HESSO | HESSO-CRIC | params kept | FLOPs kept | "
+         "CPU latency ratio |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+  lines = [hdr]
+  pct = lambda v: "-" if v is None else f"{v:.1f}%"
+  for task in dict.fromkeys(r["task"] for r in rows):
+    rs = [r for r in rows if r["task"] == task]
+    dense = next((r for r in rs if r["optimizer"] == "dense"), None)
+    for t in sorted({r["target"] for r in rs if r["target"] is not None}):
+      h = next((r for r in rs if r["optimizer"] == "hesso" and r["target"] == t), None)
+      c = next((r for r in rs if r["optimizer"] == "hesso_cric" and r["target"] == t), None)
+      if h is None:
+        continue
+      m = h["metric"]
+      both = lambda k, f: f(h[k]) + (f" ({f(c[k])})" if c is not None else "")
+      lat = lambda v: "-" if v is None else f"{v:.2f}"
+      lines.append(
+          f"| {task} | {t:.0%} | {fmt_value(m, dense['value']) if dense else '-'} | "
+          f"{fmt_value(m, h['value'])} | {fmt_value(m, c['value']) if c else '-'} | "
+          f"{both('params_kept_pct', pct)} | {both('flops_kept_pct', pct)} | {both('latency_ratio', lat)} |")
+  return "\n".join(lines) + "\n"
+
+
 def plot(rows: list[dict], path: pathlib.Path, title: str = "") -> None:
   plt = T._plt()
   tasks = list(dict.fromkeys(r["task"] for r in rows))
@@ -329,9 +354,12 @@ def main(argv=None):
           f"training batch size, median (IQR) of interleaved per-round ratios. HESSO-CRIC schedule: "
           f"`experiments.sweep.comparable_cric_schedule`. Sweep wall time {total / 60:.1f} min "
           f"(cached runs count 0).\n\n")
-  (res / f"{a.name}.md").write_text(head + markdown(rows))
+  summary = ("## Summary\n\naccuracy (%) or validation perplexity (charlm, lower is better); params/FLOPs "
+             "kept and latency ratio (compressed / full) for HESSO, HESSO-CRIC's in brackets.\n\n"
+             + paper_table(rows) + "\n## All runs\n\n")
+  (res / f"{a.name}.md").write_text(head + summary + markdown(rows))
   plot(rows, res / f"{a.name}_accuracy.png", title=cmd)
-  print(head + markdown(rows))
+  print(head + summary + markdown(rows))
 
 
 if __name__ == "__main__":
