@@ -116,9 +116,12 @@ def hesso_cric(
      trains normally. Every step, groups that fall into the bottom ``R`` and were never
      violating join the trial set. A cycle boundary with ``c >= C`` or with ``<= tolerance`` new
      violating groups terminates instead (at most ``C`` cycles run).
-  4. Termination step: final score = mean recorded saliency + ``importance['loss']`` * (mean loss
-     ratio of the space / n_s) for every group of a (trial-projected) prunable space; the ``R``
-     lowest are selected (with ``multiple_of``, like HESSO) and the cache is restored.
+  4. Termination step: final score = mean recorded saliency + ``importance['loss']`` * the loss
+     criterion: each group's cost is ``log(max(loss_ratio, 1))`` of the smallest trial projection
+     of its space that removed it (ranked by mean saliency within the space; groups no trial
+     removed get the space's largest cost), normalised over all groups like the five saliency
+     criteria. The ``R`` lowest are selected (with ``multiple_of``, like HESSO) and the cache is
+     restored.
   5. Hybrid training over ``H`` steps: the selected groups get ``(x + u)*(H-j-1)/(H-j) - x`` and
      are committed as pruned at ``j == H-1``. Pruned groups are exactly 0.0 after every step.
 
@@ -132,7 +135,11 @@ def hesso_cric(
   starts at ``(S-1)/S`` on the restored parameters (the reference zeroes at once, then damps);
   the final ranking excludes nothing (the reference's important list excludes the last violating
   set); unprunable spaces keep training during cycles (the reference freezes them); non-finite
-  scores or loss ratios make groups never selected.
+  scores or loss ratios make groups never selected. The loss term is a normalised, per-group
+  criterion rather than the raw ``mean ratio / set size`` added to every group of a space: with a
+  near-zero reference loss (a well-fit small model) raw ratios reach 1e3..1e4, swamp the saliency
+  terms and prune whole layers by space (digits CNN at 70%: 35% accuracy with raw ratios, 96% with
+  this criterion; HESSO 98%).
 
   Args:
     base_tx: the base optax transformation.
@@ -181,6 +188,28 @@ def hesso_cric(
   ktab = np.array([max(1, int(np.floor(n * tau))) for n in sizes_np for tau in trials] or [0],
                   np.int32)
   ids_np = space.space_ids()
+
+  ktab_sl = ktab.reshape(max(N, 1), max(L, 1)) if N * L else np.zeros((1, 1), np.int32)
+
+  def loss_criterion(loss_ratio: jax.Array, mean_score: jax.Array, sp: SearchSpace,
+                     ids: jax.Array) -> jax.Array:
+    """(G,) the probes' loss signal as a sixth criterion, normalised like the other five.
+
+    Each group gets the log loss ratio of the *smallest* trial projection of its space that
+    removed it (ranked by its mean saliency inside the space): the marginal cost of losing the
+    band of groups it belongs to. Groups no trial removed get their space's largest cost. Logs
+    (clipped at 0: a probe that lowered the loss costs nothing) keep a near-zero reference loss
+    from blowing ratios up to 1e3..1e4 and drowning the saliency terms.
+    """
+    cost = jnp.log(jnp.maximum(jnp.where(jnp.isfinite(loss_ratio), loss_ratio, 1e30), 1.0))
+    within = within_space_rank(jnp.where(jnp.isfinite(mean_score), mean_score, jnp.inf), sp)
+    k = jnp.asarray(ktab_sl)[ids]                         # (G, L) group counts per trial
+    in_trial = within[:, None] < k                        # removed by trial t?
+    first = jnp.argmin(jnp.where(in_trial, k, jnp.iinfo(jnp.int32).max), axis=1)  # smallest trial
+    c = cost[ids]                                         # (G, L)
+    g_cost = jnp.where(jnp.any(in_trial, axis=1), jnp.take_along_axis(c, first[:, None], 1)[:, 0],
+                       jnp.max(c, axis=1))
+    return sal.normalize(g_cost)
 
   def init_fn(params):
     sp = _resolve_space(space, params)
@@ -272,8 +301,7 @@ def hesso_cric(
 
     # --- termination: final ranking ---------------------------------------------------------
     mean_score = jnp.where(score_count > 0, score_sum / jnp.maximum(score_count, 1), jnp.inf)
-    bonus_s = jnp.mean(loss_ratio, axis=1) / jnp.asarray(sizes_np, jnp.float32)
-    final = mean_score + loss_w * bonus_s[ids]
+    final = mean_score + loss_w * loss_criterion(loss_ratio, mean_score, sp, ids)
     final = jnp.where(jnp.isfinite(final), final, jnp.inf)
     chosen = select_groups(final, jnp.ones((G,), bool), R, sp, jnp.zeros((G,), bool), multiple_of)
     redundant = jnp.where(terminate, chosen, state.redundant)
