@@ -123,6 +123,13 @@ def latency_ratio(model, space, variables, x_example, batch: int, *, repeats: in
 # ------------------------------------------------------------------------------------------------
 
 
+def cric_source_sha() -> str:
+  """sha1 (12 hex) of hesso_jax/optim/cric.py: HESSO-CRIC runs are cached per library version."""
+  import hashlib
+  from hesso_jax.optim import cric
+  return hashlib.sha1(pathlib.Path(cric.__file__).read_bytes()).hexdigest()[:12]
+
+
 def run_one(task: str, optimizer: str, sparsity: float, *, steps: int, small: bool, seed: int,
             cric_kw: dict | None = None, latency: bool = True, force: bool = False,
             out_root: str = "sweep_runs") -> dict:
@@ -132,8 +139,8 @@ def run_one(task: str, optimizer: str, sparsity: float, *, steps: int, small: bo
   path = T.results_dir(out_dir) / f"{stem}.json"
   if path.exists() and not force:
     rec = json.loads(path.read_text())
-    same = rec.get("steps") == steps and (optimizer != "hesso_cric" or rec.get("hesso_cric") == {
-        **R.cric_schedule(steps, small), **(cric_kw or {})})
+    same = rec.get("steps") == steps and (optimizer != "hesso_cric" or (rec.get("hesso_cric") == {
+        **R.cric_schedule(steps, small), **(cric_kw or {})} and rec.get("cric_source_sha") == cric_source_sha()))
     if same and (rec.get("latency_ratio") is not None or not latency or optimizer == "dense"):
       rec["cached"] = True
       return rec
@@ -142,6 +149,8 @@ def run_one(task: str, optimizer: str, sparsity: float, *, steps: int, small: bo
   rec = R.run(task, optimizer, sp, steps=steps, small=small, seed=seed, out_dir=out_dir,
               progress=False, plots=False, cric_kw=cric_kw, artifacts=art)
   rec["wall_seconds_run"] = time.perf_counter() - t0
+  if optimizer == "hesso_cric":
+    rec["cric_source_sha"] = cric_source_sha()
   space = art["space"]
   if space is not None and space.num_groups:
     rep = hj.sparsity_report(space.subtree("params"), art["variables"]["params"])
