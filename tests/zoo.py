@@ -13,6 +13,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -300,5 +301,29 @@ def sigmoid_gated():
   return Case("sigmoid_gated", fn, p, (_normal(k[0], (4, 6), 1.0),), 8, (("ws", "contracts"),))
 
 
+# --- rotary attention (RoPE tables captured as constants): heads 2 + q/k head-dim *pairs* 4
+#     (rotate_half ties channel i to i + 4) + v head-dim 8 = 14; the residual reaches the output.
+def rope_attention():
+  hd = 8
+  ang = np.arange(T)[:, None] / (10000.0 ** (np.arange(hd // 2) / (hd // 2)))[None]
+  cos = np.concatenate([np.cos(ang)] * 2, -1).astype(np.float32)[None, :, None]
+  sin = np.concatenate([np.sin(ang)] * 2, -1).astype(np.float32)[None, :, None]
+  k = jax.random.split(jax.random.PRNGKey(8), 5)
+  p = {n: _normal(kk, shape) for n, kk, shape in [("wq", k[0], (D, H * hd)), ("wk", k[1], (D, H * hd)),
+                                                  ("wv", k[2], (D, H * hd)), ("wo", k[3], (H * hd, D))]}
+
+  def rot(x):
+    return jnp.concatenate([-x[..., hd // 2:], x[..., :hd // 2]], -1)
+
+  def fn(p, x):
+    B = x.shape[0]
+    q, kk, v = ((x @ p[n]).reshape(B, T, H, hd) for n in ("wq", "wk", "wv"))
+    q, kk = q * cos + rot(q) * sin, kk * cos + rot(kk) * sin
+    a = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, kk) / np.sqrt(hd), -1)
+    return x + jnp.einsum("bhqk,bkhd->bqhd", a, v).reshape(B, T, H * hd) @ p["wo"]
+
+  return Case("rope_attention", fn, p, (_normal(k[4], (2, T, D), 1.0),), 14, (("wo", "output"),))
+
+
 ZOO = [mlp, cnn_bn, resnet_basic, resnet_bottleneck, vgg, mobilenet, densenet, conv_flatten_dense,
-       gpt, gpt_scan, tied_embedding, sigmoid_gated]
+       gpt, gpt_scan, tied_embedding, sigmoid_gated, rope_attention]

@@ -98,8 +98,9 @@ def _walk_atoms(ctx: _Ctx, jaxpr, in_atoms, in_src=None, const_atoms=None) -> tu
     if const_atoms is not None:
       visit.env[v] = const_atoms[k]
     else:
-      visit.env[v] = tuple(ctx.atoms.new(d, ("const", "tied to a constant captured at trace time"))
-                           for d in R.shape_of(v))
+      # Constants captured at trace time (RoPE tables, masks) are sliced along pruned channels by
+      # compress, like state; they are never zero, which the zero pass accounts for.
+      visit.env[v] = tuple(ctx.atoms.new(d) for d in R.shape_of(v))
   for k, (v, a) in enumerate(zip(jaxpr.invars, in_atoms)):
     visit.env[v] = a
     if in_src is not None and in_src[k] is not None:

@@ -130,7 +130,7 @@ def _eval(sh: _Shrink, visit: Visit, consts, args):
   jaxpr = visit.jaxpr
   env = {}
   for v, x in zip(jaxpr.constvars, consts):
-    env[v] = x
+    env[v] = sh.slice_leaf(x, visit.env[v]) if np.ndim(x) else x  # captured constants
   for v, x in zip(jaxpr.invars, args):
     env[v] = x
   read = lambda v: v.val if _is_literal(v) else env[v]
