@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import dataclasses
-import io
 import pstats
 import re
 import time

@@ -1,32 +1,24 @@
-"""Glue between the experiments and the hesso_jax public API (DESIGN.md section 2).
+"""The experiments' thin layer over the hesso_jax public API (DESIGN.md section 2).
 
-The experiments call the library through these few functions so that they keep running while
-pieces of the library are still landing. Each function uses the library when it has the piece
-and otherwise a clearly labelled fallback, and reports which one ran (``source`` strings):
+* :func:`search_space` -- ``hj.discover(fn, variables, x)`` on the inference function;
+  :func:`manual_space` keeps hand-written spaces for the simple models as worked examples of the
+  escape hatch (``hj.SearchSpace.from_channel_spaces``); a test checks they equal discovery's.
+* :func:`make_hesso`, :func:`make_hesso_cric` -- ``hj.hesso`` / ``hj.hesso_cric``.
+* :func:`group_sparsity`, :func:`kept_param_count`, :func:`flops_report` -- reporting.
 
-* :func:`search_space`  -- ``hj.discover(fn, variables, x)``; fallback: a hand-written space from
-  :func:`manual_space` (digits CNN / MNIST-1D CNN / MLP) built with ``hj.SearchSpace.from_channel_spaces``.
-* :func:`make_hesso`, :func:`make_hesso_cric` -- ``hj.hesso`` / ``hj.hesso_cric`` (no fallback).
-* :func:`pruned_mask`, :func:`kept_param_count`.
+Library failures surface as exceptions: there are no fallbacks.
 """
 
 from __future__ import annotations
-
-import math
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import hesso_jax as hj
-from hesso_jax.space import AxisSlice, ChannelSpace, SearchSpace, expand_channel_mask, leaves_with_paths
+from hesso_jax.space import AxisSlice, ChannelSpace, SearchSpace
 
 P, C, S = "producer", "consumer", "state"
-
-
-def has(name: str) -> bool:
-  return hasattr(hj, name)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -91,15 +83,10 @@ def manual_space(task: str, model, variables) -> SearchSpace:
   return SearchSpace.from_channel_spaces(spaces, variables)
 
 
-def search_space(task: str, model, variables, x, *, prefer: str = "discover") -> tuple[SearchSpace, str]:
-  """The full-variables search space and where it came from ('hj.discover' or 'manual')."""
+def search_space(task: str, model, variables, x) -> tuple[SearchSpace, str]:
+  """The full-variables search space (``hj.discover``) and its source label."""
   fn = lambda v, xb: model.apply(v, xb, train=False)
-  if prefer == "discover" and has("discover"):
-    try:
-      return hj.discover(fn, variables, x), "hj.discover"
-    except Exception as e:  # noqa: BLE001 -- report and fall back, never hide
-      print(f"[hj_compat] hj.discover failed ({type(e).__name__}: {e}); using the hand-written space")
-  return manual_space(task, model, variables), "manual"
+  return hj.discover(fn, variables, x), "hj.discover"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -109,15 +96,11 @@ def search_space(task: str, model, variables, x, *, prefer: str = "discover") ->
 
 def make_hesso(base_tx, space_params: SearchSpace, **kw):
   """(tx, source): ``hj.hesso(base_tx, space, **kw)`` -- HESSO must stay the outermost transformation."""
-  if not has("hesso"):
-    raise NotImplementedError("hj.hesso has not landed in hesso_jax yet")
   return hj.hesso(base_tx, space_params, **kw), "hj.hesso"
 
 
 def make_hesso_cric(base_tx, space_params: SearchSpace, **kw):
   """(tx, source): ``hj.hesso_cric``; its update reads the loss through ``value=loss``."""
-  if not has("hesso_cric"):
-    raise NotImplementedError("hj.hesso_cric has not landed in hesso_jax yet")
   return hj.hesso_cric(base_tx, space_params, **kw), "hj.hesso_cric"
 
 
@@ -139,53 +122,17 @@ def group_sparsity(space_params: SearchSpace, params) -> float:
 
 def kept_param_count(space: SearchSpace, variables, keep: np.ndarray | None = None,
                      collection: str = "params") -> tuple[int, str]:
-  """Parameters left in ``variables[collection]`` after slicing away the dropped groups.
-
-  Uses ``hj.prune`` when it exists; otherwise slices on paper: a leaf keeps, on each axis, the
-  positions kept by every member that lives on that axis, and its size is the product.
-  ``keep`` defaults to groups whose producer norm is > 0.
-  """
-  if keep is None:
-    keep = np.asarray(space.group_norms(variables)) > 0
-  keep = np.asarray(keep, bool)
-  if has("prune"):
-    try:
-      small = hj.prune(variables, space, keep=jnp.asarray(keep))
-      return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(small[collection]))), "hj.prune"
-    except Exception as e:  # noqa: BLE001
-      print(f"[hj_compat] hj.prune failed ({type(e).__name__}: {e}); counting on paper")
-  axis_keep: dict[tuple, np.ndarray] = {}
-  for s, off in zip(space.prunable_spaces, space.group_offsets):
-    ks = keep[off:off + s.size]
-    for m in s.members:
-      key = (m.path, m.axis)
-      mk = expand_channel_mask(ks, m, s.size)
-      axis_keep[key] = mk if key not in axis_keep else axis_keep[key] & mk
-  total = 0
-  for path, x in leaves_with_paths(variables):
-    if path[:1] != (collection,):
-      continue
-    shp = np.shape(x)
-    total += math.prod(int(axis_keep[(path, a)].sum()) if (path, a) in axis_keep else d
-                       for a, d in enumerate(shp))
-  return total, "paper count"
+  """Parameters left in ``variables[collection]`` after ``hj.prune`` (default keep: norm > 0)."""
+  small = hj.prune(variables, space, keep=None if keep is None else jnp.asarray(keep, bool))
+  return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(small[collection]))), "hj.prune"
 
 
 def flops_report(model, space, variables, x) -> dict:
-  """Per-example FLOPs (``hj.count``) of the full model and, when ``hj.compress`` exists, of the
-  compressed one (dropped groups: those whose producer norm is 0), plus the max |difference| of
-  their outputs on ``x[:1]``."""
+  """Per-example FLOPs (``hj.count``) of the full and the compressed model (dropped groups: those
+  whose producer norm is 0), and the max |difference| of their outputs on ``x[:1]``."""
   x = x[:1]
-  out: dict[str, Any] = {}
-  if not has("count"):
-    return out
   fn = lambda v, xb: model.apply(v, xb, train=False)
-  try:
-    out["flops"] = hj.count(fn, variables, x)["flops"]
-    if has("compress"):
-      small_fn, small = hj.compress(fn, variables, space, x)
-      out["flops_compressed"] = hj.count(small_fn, small, x)["flops"]
-      out["compress_max_abs_diff"] = float(jnp.max(jnp.abs(small_fn(small, x) - fn(variables, x))))
-  except Exception as e:  # noqa: BLE001 -- a report, not a reason to lose the run
-    out["flops_error"] = f"{type(e).__name__}: {e}"
-  return out
+  small_fn, small = hj.compress(fn, variables, space, x)
+  return {"flops": hj.count(fn, variables, x)["flops"],
+          "flops_compressed": hj.count(small_fn, small, x)["flops"],
+          "compress_max_abs_diff": float(jnp.max(jnp.abs(small_fn(small, x) - fn(variables, x))))}

@@ -17,16 +17,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
-import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-import hesso_jax as hj
 from experiments import data as D
 from experiments import hj_compat as H
 from experiments import models as M

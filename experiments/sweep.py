@@ -32,7 +32,6 @@ import pathlib
 import shlex
 import sys
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
