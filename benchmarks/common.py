@@ -52,17 +52,17 @@ def paired_ratio(num: np.ndarray, den: np.ndarray) -> dict:
           "q75": float(np.percentile(r, 75)), "min_ratio": float(np.min(num) / np.min(den))}
 
 
+def _cell(fmt: dict, c: str, v) -> str:
+  if v is None:
+    return "-"
+  if c in fmt:
+    return fmt[c].format(v)
+  return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def table(rows: Sequence[dict], cols: Sequence[str], fmt: dict | None = None) -> str:
   fmt = fmt or {}
-  def f(c, v):
-    if v is None:
-      return "-"
-    if c in fmt:
-      return fmt[c].format(v)
-    if isinstance(v, float):
-      return f"{v:.4g}"
-    return str(v)
-  cells = [[f(c, r.get(c)) for c in cols] for r in rows]
+  cells = [[_cell(fmt, c, r.get(c)) for c in cols] for r in rows]
   w = [max(len(c), *(len(x[i]) for x in cells)) if cells else len(c) for i, c in enumerate(cols)]
   line = "  ".join(c.rjust(w[i]) for i, c in enumerate(cols))
   out = [line, "-" * len(line)]
@@ -72,14 +72,8 @@ def table(rows: Sequence[dict], cols: Sequence[str], fmt: dict | None = None) ->
 
 def markdown_table(rows: Sequence[dict], cols: Sequence[str], fmt: dict | None = None) -> str:
   fmt = fmt or {}
-  def f(c, v):
-    if v is None:
-      return "-"
-    if c in fmt:
-      return fmt[c].format(v)
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
   out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---:" for _ in cols) + "|"]
-  out += ["| " + " | ".join(f(c, r.get(c)) for c in cols) + " |" for r in rows]
+  out += ["| " + " | ".join(_cell(fmt, c, r.get(c)) for c in cols) + " |" for r in rows]
   return "\n".join(out)
 
 

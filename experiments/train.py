@@ -230,6 +230,15 @@ def _plt():
   return plt
 
 
+def _save(plt, fig, path: str | os.PathLike) -> pathlib.Path:
+  fig.tight_layout()
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path)
+  plt.close(fig)
+  return path
+
+
 def plot_history(history: dict, path: str | os.PathLike, title: str = "") -> pathlib.Path:
   """Training loss (left axis) and group sparsity (right axis, if recorded) over steps."""
   plt = _plt()
@@ -245,12 +254,7 @@ def plot_history(history: dict, path: str | os.PathLike, title: str = "") -> pat
     ax2.set_ylabel("group sparsity", color="tab:red")
     ax2.set_ylim(-0.02, 1.02)
   ax.set_title(title)
-  fig.tight_layout()
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, path)
 
 
 def plot_accuracy_vs_sparsity(rows: list[dict], path: str | os.PathLike, title: str = "",
@@ -269,9 +273,4 @@ def plot_accuracy_vs_sparsity(rows: list[dict], path: str | os.PathLike, title: 
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend()
-  fig.tight_layout()
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, path)
