@@ -57,6 +57,7 @@ class _Ctx:
   def __init__(self):
     self.atoms = Atoms()
     self.contracted: set[tuple[int, int]] = set()
+    self.produced: list[int] = []  # atoms of every computed value (what the function reads)
     self.visit: Visit | None = None
 
   # Parameter-derived values: var -> (leaf index, {value axis: leaf axis})
@@ -113,6 +114,7 @@ def _walk_atoms(ctx: _Ctx, jaxpr, in_atoms, in_src=None, const_atoms=None) -> tu
       for v, a in zip(eqn.outvars, outs):
         if type(v).__name__ != "DropVar":
           visit.env[v] = tuple(a)
+          ctx.produced.extend(a)
   finally:
     ctx.visit = saved
   outs = [_atoms_of(ctx, visit, v) for v in jaxpr.outvars]
@@ -356,6 +358,7 @@ def analyse(fn, variables, *args, ignore=None, approximate: bool = False,
         if ignored(path):
           ignored_leaves.setdefault(leaf, path_str(path))
   bad = A.inherited_bad()
+  used = A.leafset(ctx.produced)
   spaces, leaves = [], []
   for leaf, ms in members.items():
     n = A.size[leaf]
@@ -367,6 +370,8 @@ def analyse(fn, variables, *args, ignore=None, approximate: bool = False,
       reasons.append(f"ignored by the user (matches {ignored_leaves[leaf]})")
     if not any(m.role == PRODUCER for m in ms):
       reasons.append("no parameter produces this channel")
+    if leaf not in used:
+      reasons.append("never read by the traced function (e.g. positions beyond the traced length)")
     approx = approximate and any(code in APPROXIMATE_CODES for code, _ in bad.get(leaf, []))
     name = _space_name(ms) + (" (approximate)" if approx and not reasons else "")
     spaces.append(ChannelSpace(n, tuple(ms), prunable=not reasons, reason="; ".join(reasons),

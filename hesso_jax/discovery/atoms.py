@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
+import numpy as np
+
 Factor = tuple  # tuple[int, ...]  (atoms concatenated)
 Layout = list  # list[Factor]     (factors multiplied, row-major)
 
@@ -159,11 +161,29 @@ class Atoms:
       self._define(fa[0], [fb], depth)
     elif len(fb) == 1:
       self._define(fb[0], [fa], depth)
-    elif [self.sz(p) for p in fa] == [self.sz(p) for p in fb]:
-      for p, q in zip(fa, fb):
+    elif self.factor_size(fa) == self.factor_size(fb):
+      # Refine both concatenations to their common part boundaries (e.g. a fused qkv output
+      # sliced as [:d] and then [d:2d]), then tie the parts pairwise.
+      bounds = set(np.cumsum([self.sz(p) for p in fa])) | set(np.cumsum([self.sz(p) for p in fb]))
+      for p, q in zip(self._refine(fa, bounds, depth), self._refine(fb, bounds, depth)):
         self.unify(p, q, depth)
     else:
-      self._fail([fa, fb], "concat", "concatenations with different part boundaries are tied")
+      self._fail([fa, fb], "concat", "concatenations of different sizes are tied")
+
+  def _refine(self, f: Factor, bounds: set, depth: int) -> list[int]:
+    """Parts of ``f`` split at every boundary in ``bounds`` that falls inside a part."""
+    out, start = [], 0
+    for p in f:
+      end = start + self.sz(p)
+      cuts = [start] + sorted(b for b in bounds if start < b < end) + [end]
+      if len(cuts) > 2:
+        subs = tuple(self.new(b - a) for a, b in zip(cuts, cuts[1:]))
+        self._define(p, [subs], depth + 1)
+        out.extend(subs)
+      else:
+        out.append(p)
+      start = end
+    return out
 
   def _define(self, a: int, layout: Layout, depth: int) -> None:
     r = self.find(a)
@@ -237,7 +257,6 @@ class Atoms:
 
   def keep_mask(self, a: int, leaf_keep: dict, depth: int = 0):
     """Host-side bool mask over axis ``a`` given per-leaf keep masks (missing: keep all)."""
-    import numpy as np
     r = self.find(a)
     if r in self.struct and depth < _MAX_DEPTH:
       mask = np.ones((1,), bool)
