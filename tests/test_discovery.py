@@ -196,3 +196,38 @@ def test_summary_is_readable():
   text = hj.discover(case.fn, case.variables, *case.args).summary()
   assert "56 prunable groups" in text and "reaches the function's output" in text
   assert re.search(r"Dense_0/kernel\[0\] consumer \(outer=16\)", text)
+
+
+def _fused_qkv_case():
+  d = 8
+  p = {"w": jax.random.normal(jax.random.PRNGKey(0), (d, 3 * d)),
+       "o": jax.random.normal(jax.random.PRNGKey(1), (d, d))}
+
+  def fn(p, x):
+    qkv = x @ p["w"]
+    q, k, v = qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]  # slices, not split
+    a = jax.nn.softmax(jnp.einsum("btd,bsd->bts", q, k), -1)
+    return x + jnp.einsum("bts,bsd->btd", a, v) @ p["o"]
+
+  return fn, p, jax.random.normal(jax.random.PRNGKey(2), (2, 5, d))
+
+
+def test_fused_qkv_sliced_by_index_gives_qk_and_v_spaces():
+  fn, p, x = _fused_qkv_case()
+  space = hj.discover(fn, p, x)
+  assert space.num_groups == 16  # q/k dim 8 (offsets 0 and 8 of 24) + v dim 8 (offset 16)
+  offsets = sorted(m.offset for s in space.prunable_spaces for m in s.members
+                   if m.path == ("w",) and m.axis == 1)
+  assert offsets == [0, 8, 16]
+  z = space.zero_groups(p, jnp.array([1, 10]))
+  small_fn, small = hj.compress(fn, z, space, x)
+  assert small["w"].shape == (8, 21) and small["o"].shape == (7, 8)
+  np.testing.assert_allclose(small_fn(small, x), fn(z, x), atol=1e-5, rtol=0)
+
+
+def test_positions_beyond_the_traced_length_are_not_channels():
+  p = {"pos": jnp.ones((16, 4)), "w": jnp.ones((4, 3))}
+  space = hj.discover(lambda p, x: (x + p["pos"][:x.shape[1]]) @ p["w"], p, jnp.ones((2, 10, 4)))
+  assert space.num_groups == 0
+  unread = [s for s in space.channel_spaces if "never read" in s.reason]
+  assert [s.size for s in unread] == [6]
