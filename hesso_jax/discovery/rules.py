@@ -322,19 +322,12 @@ register("cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp")(Rule(_cum_atom
 
 def _reduce_window_atoms(ctx, eqn, ins):
   p = eqn.params
-  a = ins[0]
-  out_shape = shape_of(eqn.outvars[0])
-  out = []
-  for d, atom in enumerate(a):
-    if (p["window_dimensions"][d] == 1 and p["window_strides"][d] == 1
-        and tuple(p["padding"][d]) == (0, 0)
-        and all(x == 1 for x in (p.get("base_dilation") or (1,) * len(a))[d:d + 1])
-        and all(x == 1 for x in (p.get("window_dilation") or (1,) * len(a))[d:d + 1])):
-      out.append(atom)
-    else:
-      ctx.atoms.mark(atom, "spatial", "pooling window axis")
-      out.append(ctx.atoms.new(out_shape[d], ("spatial", "pooling window axis")))
-  return [tuple(out)]
+  n = len(ins[0])
+  base = p.get("base_dilation") or (1,) * n
+  wdil = p.get("window_dilation") or (1,) * n
+  trivial = lambda d: (p["window_dimensions"][d] == 1 and p["window_strides"][d] == 1
+                       and tuple(p["padding"][d]) == (0, 0) and base[d] == 1 and wdil[d] == 1)
+  return _axiswise(ctx, eqn, ins, trivial, "spatial", "pooling window axis")
 
 
 register("reduce_window_sum", "reduce_window_max", "reduce_window_min")(
@@ -502,17 +495,22 @@ def _slice_atoms(ctx, eqn, ins):
 register("slice")(Rule(_slice_atoms, _keep_zeros))
 
 
-def _pad_atoms(ctx, eqn, ins):
-  cfg = eqn.params["padding_config"]
+def _axiswise(ctx, eqn, ins, same, code: str, msg: str):
+  """Axes where ``same(k)`` keep their atom; the others are unprunable and get a fresh one."""
   out_shape = shape_of(eqn.outvars[0])
   out = []
   for k, a in enumerate(ins[0]):
-    if tuple(cfg[k]) == (0, 0, 0):
+    if same(k):
       out.append(a)
     else:
-      ctx.atoms.mark(a, "pad", "padded axis")
-      out.append(ctx.atoms.new(out_shape[k], ("pad", "padded axis")))
+      ctx.atoms.mark(a, code, msg)
+      out.append(ctx.atoms.new(out_shape[k], (code, msg)))
   return [tuple(out)]
+
+
+def _pad_atoms(ctx, eqn, ins):
+  cfg = eqn.params["padding_config"]
+  return _axiswise(ctx, eqn, ins, lambda k: tuple(cfg[k]) == (0, 0, 0), "pad", "padded axis")
 
 
 def _pad_zeros(ctx, eqn, zin, ins, outs):
@@ -523,16 +521,9 @@ register("pad")(Rule(_pad_atoms, _pad_zeros))
 
 
 def _dynamic_slice_atoms(ctx, eqn, ins):
-  sizes = eqn.params["slice_sizes"]
-  in_shape = shape_of(eqn.invars[0])
-  out = []
-  for k, a in enumerate(ins[0]):
-    if sizes[k] == in_shape[k]:
-      out.append(a)
-    else:
-      ctx.atoms.mark(a, "slice", "dynamic_slice of this axis")
-      out.append(ctx.atoms.new(sizes[k], ("slice", "dynamic_slice of this axis")))
-  return [tuple(out)]
+  sizes, in_shape = eqn.params["slice_sizes"], shape_of(eqn.invars[0])
+  return _axiswise(ctx, eqn, ins, lambda k: sizes[k] == in_shape[k], "slice",
+                   "dynamic_slice of this axis")
 
 
 register("dynamic_slice")(Rule(_dynamic_slice_atoms, _keep_zeros))
