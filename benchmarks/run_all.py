@@ -15,7 +15,7 @@ import time
 
 from benchmarks.common import RESULTS
 
-BENCHMARKS = ("discovery", "latency", "step")
+BENCHMARKS = ("discovery", "latency", "align", "step")
 
 
 def main(argv=None):

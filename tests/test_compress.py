@@ -178,3 +178,17 @@ def test_fine_tuning_the_compressed_model_follows_the_masked_full_model():
   _, _, small_losses = run(small_fn, optax.adam(1e-2), small, small_adam, 5)
   np.testing.assert_allclose(small_losses, full_losses, rtol=1e-5)
   assert full_losses[-1] < full_losses[0]
+
+
+def test_compress_multiple_of_pads_widths_with_zero_channels_exactly():
+  case = zoo.cnn_bn()
+  space = hj.discover(case.fn, case.variables, *case.args)
+  masked, _ = _zero_random(space, case.variables, 0.4, seed=5)
+  small_fn, small = hj.compress(case.fn, masked, space, *case.args, multiple_of=8)
+  widths = [small["params"]["Conv_0"]["kernel"].shape[-1], small["params"]["Conv_1"]["kernel"].shape[-1],
+            small["params"]["Dense_0"]["kernel"].shape[-1]]
+  assert all(w % 8 == 0 for w in widths), widths
+  _, unpadded = hj.compress(case.fn, masked, space, *case.args)
+  assert _size(unpadded) < _size(small) < _size(masked)
+  np.testing.assert_allclose(np.asarray(small_fn(small, *case.args)),
+                             np.asarray(case.fn(masked, *case.args)), atol=1e-5, rtol=0)

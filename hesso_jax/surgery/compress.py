@@ -218,8 +218,24 @@ def _match_spaces(space: SearchSpace, an: Analysis) -> list[int]:
   return out
 
 
+def round_up_keep(space: SearchSpace, keep: np.ndarray, multiple_of: int) -> np.ndarray:
+  """Keep extra (dropped) groups so each space keeps a multiple of ``multiple_of`` channels.
+
+  The re-kept groups are zero in a model pruned by HESSO, so the compressed function stays exact;
+  hardware prefers aligned widths (on CPU, odd channel counts compile to much slower convolutions).
+  """
+  if multiple_of < 1:
+    raise ValueError(f"multiple_of must be >= 1, got {multiple_of}")
+  keep = np.array(keep, bool)
+  for s, off in zip(space.prunable_spaces, space.group_offsets):
+    k = keep[off:off + s.size]  # a view: edits land in ``keep``
+    want = min(s.size, -(-int(k.sum()) // multiple_of) * multiple_of)
+    k[np.nonzero(~k)[0][:want - int(k.sum())]] = True
+  return keep
+
+
 def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
-             check_zero: bool = True, **kwargs) -> tuple[Callable, Any]:
+             check_zero: bool = True, multiple_of: int = 1, **kwargs) -> tuple[Callable, Any]:
   """Return ``(small_fn, small_variables)`` with the dropped groups cut out of every array.
 
   ``small_fn(small_variables, *args, **kwargs)`` equals ``fn(variables, *args, **kwargs)``
@@ -227,11 +243,12 @@ def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
   "every group whose producer norm is not exactly 0". Dropping groups that are not zero warns
   (the result is then not equivalent); keeping no channel of a space raises. Spaces found with
   ``discover(..., approximate=True)`` are not exact: their deviation on the example inputs is
-  measured, warned about and stored as ``small_fn.max_deviation``.
+  measured, warned about and stored as ``small_fn.max_deviation``. ``multiple_of`` keeps a few
+  extra zero channels so every pruned width is a multiple of it (:func:`round_up_keep`).
   """
   an = analyse(fn, variables, *args, approximate=True, **kwargs)
   # validated (shape, dtype, >= 1 channel kept per space); warns if non-zero groups are dropped
-  keep = resolve_keep(space, variables, keep, warn=check_zero)
+  keep = round_up_keep(space, resolve_keep(space, variables, keep, warn=check_zero), multiple_of)
   leaves = _match_spaces(space, an)
   leaf_keep = {}
   approximate = []
