@@ -4,6 +4,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from hesso_jax.space import CONSUMER, AxisSlice, ChannelSpace, SearchSpace
 
@@ -52,3 +53,18 @@ def loss_fn(params, x, y):
 def data(seed=1, n=16, din=DIMS[0], dout=DIMS[-1]):
   kx, ky = jax.random.split(jax.random.PRNGKey(seed))
   return jax.random.normal(kx, (n, din)), jax.random.normal(ky, (n, dout))
+
+
+def traced_step(tx, x, y, loss=loss_fn):
+  """A jitted ``(params, state) -> (params, state)`` step (``value=loss`` passed, for CRIC) and a
+  list that grows by one entry per trace, to check that the step compiles once."""
+  traces = []
+
+  @jax.jit
+  def step(p, st):
+    traces.append(1)
+    l, g = jax.value_and_grad(loss)(p, x, y)
+    u, st = tx.update(g, st, p, value=l)
+    return optax.apply_updates(p, u), st
+
+  return step, traces

@@ -13,7 +13,7 @@ import pytest
 import hesso_jax as hj
 from hesso_jax.optim.cric import cric_schedule
 from hesso_jax.space import CONSUMER, AxisSlice, ChannelSpace, SearchSpace
-from mlp_case import DIMS, forward, loss_fn, mlp
+from mlp_case import DIMS, forward, loss_fn, mlp, traced_step
 
 
 X = jax.random.normal(jax.random.PRNGKey(1), (16, DIMS[0]))
@@ -42,14 +42,7 @@ def shrink_group(space, g, rate, start):
 
 def run(tx, params, steps, loss=loss_fn):
   st = tx.init(params)
-  traces = []
-
-  @jax.jit
-  def step(p, st):
-    traces.append(1)
-    l, g = jax.value_and_grad(loss)(p, X, Y)
-    u, st = tx.update(g, st, p, value=l)
-    return optax.apply_updates(p, u), st
+  step, traces = traced_step(tx, X, Y, loss)
 
   hist = []
   p = params

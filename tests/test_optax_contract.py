@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 import hesso_jax as hj
-from mlp_case import DIMS, loss_fn, mlp, mlp_space
+from mlp_case import DIMS, loss_fn, mlp, mlp_space, traced_step
 
 
 X = jax.random.normal(jax.random.PRNGKey(1), (16, DIMS[0]))
@@ -30,14 +30,7 @@ def test_inject_hyperparams_learning_rate_and_target_sparsity():
   tx = optax.inject_hyperparams(hj.hesso)(
       base_tx=optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), space=space,
       target_group_sparsity=0.25, warmup_steps=1, pruning_steps=2, pruning_periods=1)
-  traces = []
-
-  @jax.jit
-  def step(p, st):
-    traces.append(1)
-    g = jax.grad(loss_fn)(p, X, Y)
-    u, st = tx.update(g, st, p)
-    return optax.apply_updates(p, u), st
+  step, traces = traced_step(tx, X, Y)
 
   for s in (0.25, 0.5):
     st = tx.init(params)
@@ -185,14 +178,7 @@ def test_state_shapes_and_dtypes_stable_across_steps():
   tx = hj.hesso(optax.adamw(1e-2), space, target_group_sparsity=0.5, warmup_steps=1,
                 pruning_steps=4, pruning_periods=2)
   st0 = tx.init(params)
-  traces = []
-
-  @jax.jit
-  def step(p, st):
-    traces.append(1)
-    g = jax.grad(loss_fn)(p, X, Y)
-    u, st = tx.update(g, st, p)
-    return optax.apply_updates(p, u), st
+  step, traces = traced_step(tx, X, Y)
 
   p, st = params, st0
   for _ in range(7):
@@ -233,14 +219,7 @@ def test_hesso_cric_under_inject_hyperparams_and_chain():
   tx = optax.chain(optax.inject_hyperparams(hj.hesso_cric)(
       base_tx=optax.sgd(0.01), space=space, target_group_sparsity=0.25, start_cric_step=0,
       sampling_steps=1, max_cycle_period=1, hybrid_training_steps=1))
-  traces = []
-
-  @jax.jit
-  def step(p, st):
-    traces.append(1)
-    l, g = jax.value_and_grad(loss_fn)(p, X, Y)
-    u, st = tx.update(g, st, p, value=l)
-    return optax.apply_updates(p, u), st
+  step, traces = traced_step(tx, X, Y)
 
   for s in (0.25, 0.5):
     st = optax.tree_utils.tree_set(tx.init(params),
