@@ -27,44 +27,14 @@ import math
 from typing import Any, Callable
 
 import jax
-import jax.extend as jex
 import numpy as np
 
+from hesso_jax import _jaxpr as J
 from hesso_jax.space import SearchSpace
-
-_ELEMENTWISE = frozenset("""
-add sub mul div rem pow integer_pow max min neg abs sign exp exp2 log log1p expm1 tanh logistic
-sin cos tan asin acos atan atan2 sinh cosh asinh acosh atanh sqrt rsqrt cbrt erf erfc erf_inv
-lgamma digamma square reciprocal floor ceil round nextafter select_n clamp is_finite
-eq ne lt le gt ge and or not xor
-""".split())
-_REDUCTIONS = frozenset(
-    "reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or argmax argmin "
-    "cumsum cumprod cummax cummin cumlogsumexp reduce_precision".split())
-
 
 def _size(aval) -> int:
   shape = getattr(aval, "shape", ())
   return int(math.prod(shape)) if shape else 1
-
-
-def _as_jaxpr(x):
-  if isinstance(x, jex.core.ClosedJaxpr):
-    return x.jaxpr
-  if isinstance(x, jex.core.Jaxpr):
-    return x
-  return None
-
-
-def _sub_jaxprs(params: dict) -> list:
-  out = []
-  for v in params.values():
-    j = _as_jaxpr(v)
-    if j is not None:
-      out.append(j)
-    elif isinstance(v, (tuple, list)):
-      out.extend(j for j in map(_as_jaxpr, v) if j is not None)
-  return out
 
 
 def _dot_flops(eqn) -> float:
@@ -86,8 +56,7 @@ def _conv_flops(eqn) -> float:
 
 def jaxpr_flops(jaxpr, *, elementwise: bool = False) -> float:
   """FLOPs of a (closed) jaxpr under the module's convention."""
-  j = _as_jaxpr(jaxpr)
-  jaxpr = j if j is not None else jaxpr
+  jaxpr, _ = J.open_jaxpr(jaxpr)
   total = 0.0
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
@@ -104,13 +73,13 @@ def jaxpr_flops(jaxpr, *, elementwise: bool = False) -> float:
       total += max((jaxpr_flops(b, elementwise=elementwise) for b in eqn.params["branches"]),
                    default=0.0)
     else:
-      subs = _sub_jaxprs(eqn.params)
+      subs = list(J.sub_jaxprs(eqn.params))
       if subs:
         total += sum(jaxpr_flops(j, elementwise=elementwise) for j in subs)
       elif elementwise:
-        if name in _ELEMENTWISE:
+        if name in J.ELEMENTWISE_PRIMITIVES:
           total += sum(_size(v.aval) for v in eqn.outvars)
-        elif name in _REDUCTIONS:
+        elif name in J.REDUCTION_PRIMITIVES:
           total += _size(eqn.invars[0].aval)
   return total
 

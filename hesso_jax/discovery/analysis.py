@@ -19,28 +19,18 @@ import re
 from typing import Any, Callable
 
 
+from hesso_jax import _jaxpr as J
 from hesso_jax.discovery import rules as R
 from hesso_jax.discovery.atoms import Atoms
 from hesso_jax.discovery.trace import Traced, trace
 from hesso_jax.space import (CONSUMER, PRODUCER, STATE, AxisSlice, ChannelSpace, SearchSpace,
                              path_str)
 
-CALL_PRIMITIVES = {
-    "jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
-    "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr",
-    "custom_vjp_call_jaxpr": "fun_jaxpr", "remat2": "jaxpr", "checkpoint": "jaxpr",
-}
 
 # Atoms with these reasons are not channel axes at all; they are left out of the space.
 NOT_CHANNEL_CODES = frozenset({"spatial", "stacked"})
 # Reasons that `approximate=True` tolerates.
 APPROXIMATE_CODES = frozenset({"norm"})
-
-
-def _jaxpr_and_consts(j):
-  if hasattr(j, "jaxpr") and hasattr(j, "consts"):
-    return j.jaxpr, list(j.consts)
-  return j, []
 
 
 @dataclasses.dataclass
@@ -86,9 +76,9 @@ class _Ctx:
 
 
 def _atoms_of(ctx: _Ctx, visit: Visit, v):
-  if hasattr(v, "val") and not hasattr(v, "count"):  # Literal
+  if J.is_literal(v):
     return tuple(ctx.atoms.new(d) for d in R.shape_of(v))
-  if type(v).__name__ == "DropVar":
+  if J.is_drop(v):
     return tuple(ctx.atoms.new(d) for d in R.shape_of(v))
   return visit.env[v]
 
@@ -112,7 +102,7 @@ def _walk_atoms(ctx: _Ctx, jaxpr, in_atoms, in_src=None, const_atoms=None) -> tu
       ins = [_atoms_of(ctx, visit, v) for v in eqn.invars]
       outs = _eqn_atoms(ctx, visit, i, eqn, ins)
       for v, a in zip(eqn.outvars, outs):
-        if type(v).__name__ != "DropVar":
+        if not J.is_drop(v):
           visit.env[v] = tuple(a)
           ctx.produced.extend(a)
   finally:
@@ -122,20 +112,17 @@ def _walk_atoms(ctx: _Ctx, jaxpr, in_atoms, in_src=None, const_atoms=None) -> tu
 
 
 def _srcs(visit, vars_):
-  return [visit.src.get(v) if not hasattr(v, "val") else None for v in vars_]
+  return [visit.src.get(v) if not J.is_literal(v) else None for v in vars_]
 
 
 def _eqn_atoms(ctx: _Ctx, visit: Visit, i: int, eqn, ins):
   name = eqn.primitive.name
-  if name in CALL_PRIMITIVES:
-    key = CALL_PRIMITIVES[name]
-    if key not in eqn.params:
-      key = next((k for k in ("jaxpr", "call_jaxpr", "fun_jaxpr") if k in eqn.params), None)
-    if key is not None:
-      inner, _ = _jaxpr_and_consts(eqn.params[key])
-      child, outs = _walk_atoms(ctx, inner, ins, _srcs(visit, eqn.invars))
-      visit.children[i] = [child]
-      return outs
+  body = J.call_body(eqn)
+  if body is not None:
+    inner, _ = J.open_jaxpr(body)
+    child, outs = _walk_atoms(ctx, inner, ins, _srcs(visit, eqn.invars))
+    visit.children[i] = [child]
+    return outs
   if name == "scan":
     return _scan_atoms(ctx, visit, i, eqn, ins)
   if name == "while":
@@ -147,7 +134,7 @@ def _eqn_atoms(ctx: _Ctx, visit: Visit, i: int, eqn, ins):
 
 def _scan_atoms(ctx, visit, i, eqn, ins):
   p = eqn.params
-  body, _ = _jaxpr_and_consts(p["jaxpr"])
+  body, _ = J.open_jaxpr(p["jaxpr"])
   nc, ncar = p["num_consts"], p["num_carry"]
   srcs = _srcs(visit, eqn.invars)
   inner_in, inner_src = [], []
@@ -176,8 +163,8 @@ def _scan_atoms(ctx, visit, i, eqn, ins):
 def _while_atoms(ctx, visit, i, eqn, ins):
   p = eqn.params
   cn, bn = p["cond_nconsts"], p["body_nconsts"]
-  cj, _ = _jaxpr_and_consts(p["cond_jaxpr"])
-  bj, _ = _jaxpr_and_consts(p["body_jaxpr"])
+  cj, _ = J.open_jaxpr(p["cond_jaxpr"])
+  bj, _ = J.open_jaxpr(p["body_jaxpr"])
   srcs = _srcs(visit, eqn.invars)
   cconsts, bconsts, carry = ins[:cn], ins[cn:cn + bn], ins[cn + bn:]
   csrc, bsrc = srcs[:cn], srcs[cn:cn + bn]
@@ -196,7 +183,7 @@ def _cond_atoms(ctx, visit, i, eqn, ins):
   srcs = _srcs(visit, eqn.invars)[1:]
   kids, outs0 = [], None
   for br in branches:
-    bj, _ = _jaxpr_and_consts(br)
+    bj, _ = J.open_jaxpr(br)
     child, outs = _walk_atoms(ctx, bj, ops, srcs)
     kids.append(child)
     if outs0 is None:
@@ -215,7 +202,7 @@ def _cond_atoms(ctx, visit, i, eqn, ins):
 
 
 def _z_of(visit: Visit, zenv, v):
-  if hasattr(v, "val") and not hasattr(v, "count"):
+  if J.is_literal(v):
     return R.ALL if R._is_zero_literal(v) else frozenset()
   return zenv.get(v, frozenset())
 
@@ -229,7 +216,7 @@ def _walk_zeros(ctx: _Ctx, visit: Visit, zin) -> list:
   try:
     for i, eqn in enumerate(jaxpr.eqns):
       zs = [_z_of(visit, zenv, v) for v in eqn.invars]
-      ins = [visit.env.get(v, ()) if not hasattr(v, "val") else () for v in eqn.invars]
+      ins = [visit.env.get(v, ()) if not J.is_literal(v) else () for v in eqn.invars]
       outs = [visit.env.get(v, ()) for v in eqn.outvars]
       zo = _eqn_zeros(ctx, visit, i, eqn, zs, ins, outs)
       for v, z in zip(eqn.outvars, zo):

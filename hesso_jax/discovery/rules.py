@@ -20,6 +20,8 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
+from hesso_jax import _jaxpr as J
+
 ALL = "ALL"  # zero-set of a literal 0: zero along everything
 
 
@@ -125,7 +127,7 @@ def _nary_atoms(ctx, eqn, ins):
 
 
 def _is_zero_literal(v) -> bool:
-  val = getattr(v, "val", None)
+  val = J.literal_value(v)
   if val is None:
     return False
   try:

@@ -19,17 +19,10 @@ import jax
 import numpy as np
 from jax import lax
 
-from hesso_jax.discovery.analysis import CALL_PRIMITIVES, Analysis, Visit, _jaxpr_and_consts, analyse
+from hesso_jax import _jaxpr as J
+from hesso_jax.discovery.analysis import Analysis, Visit, analyse
 from hesso_jax.space import SearchSpace
 from hesso_jax.surgery.prune import resolve_keep
-
-
-def _is_literal(v) -> bool:
-  return hasattr(v, "val") and not hasattr(v, "count")
-
-
-def _is_drop(v) -> bool:
-  return type(v).__name__ == "DropVar"
 
 
 class _Shrink:
@@ -133,12 +126,12 @@ def _eval(sh: _Shrink, visit: Visit, consts, args):
     env[v] = sh.slice_leaf(x, visit.env[v]) if np.ndim(x) else x  # captured constants
   for v, x in zip(jaxpr.invars, args):
     env[v] = x
-  read = lambda v: v.val if _is_literal(v) else env[v]
+  read = lambda v: v.val if J.is_literal(v) else env[v]
   for i, eqn in enumerate(jaxpr.eqns):
     invals = [read(v) for v in eqn.invars]
     outs = _eval_eqn(sh, visit, i, eqn, invals)
     for v, x in zip(eqn.outvars, outs):
-      if not _is_drop(v):
+      if not J.is_drop(v):
         env[v] = x
   return [read(v) for v in jaxpr.outvars]
 
@@ -147,13 +140,13 @@ def _eval_eqn(sh: _Shrink, visit: Visit, i: int, eqn, invals):
   name = eqn.primitive.name
   p = eqn.params
   kids = visit.children.get(i)
-  if kids is not None and name in CALL_PRIMITIVES:
-    key = next(k for k in ("jaxpr", "call_jaxpr", "fun_jaxpr") if k in p)
-    _, consts = _jaxpr_and_consts(p[key])
+  body = J.call_body(eqn)
+  if kids is not None and body is not None:
+    _, consts = J.open_jaxpr(body)
     return _eval(sh, kids[0], consts, invals)
   if name == "scan":
     nc, ncar = p["num_consts"], p["num_carry"]
-    _, bconsts = _jaxpr_and_consts(p["jaxpr"])
+    _, bconsts = J.open_jaxpr(p["jaxpr"])
     consts, init, xs = invals[:nc], invals[nc:nc + ncar], invals[nc + ncar:]
 
     def body(carry, x):
@@ -165,8 +158,8 @@ def _eval_eqn(sh: _Shrink, visit: Visit, i: int, eqn, invals):
     return list(carry) + list(ys)
   if name == "while":
     cn, bn = p["cond_nconsts"], p["body_nconsts"]
-    _, cjc = _jaxpr_and_consts(p["cond_jaxpr"])
-    _, bjc = _jaxpr_and_consts(p["body_jaxpr"])
+    _, cjc = J.open_jaxpr(p["cond_jaxpr"])
+    _, bjc = J.open_jaxpr(p["body_jaxpr"])
     cc, bc, init = invals[:cn], invals[cn:cn + bn], invals[cn + bn:]
     out = lax.while_loop(lambda c: _eval(sh, kids[0], cjc, list(cc) + list(c))[0],
                          lambda c: _eval(sh, kids[1], bjc, list(bc) + list(c)), list(init))
@@ -174,7 +167,7 @@ def _eval_eqn(sh: _Shrink, visit: Visit, i: int, eqn, invals):
   if name == "cond":
     fns = []
     for k, br in enumerate(p["branches"]):
-      _, bcs = _jaxpr_and_consts(br)
+      _, bcs = J.open_jaxpr(br)
       fns.append(lambda *ops, k=k, bcs=bcs: _eval(sh, kids[k], bcs, list(ops)))
     return list(lax.switch(invals[0], fns, *invals[1:]))
   params = _rewrite_params(sh, visit, eqn, invals)
