@@ -142,11 +142,15 @@ class Task:
     return T.train(self.model, variables, tx, data if data is not None else self.make_iter(), steps,
                    progress=False, log_every=max(1, steps // 50))
 
-  def kept(self, variables: dict, pruned: np.ndarray) -> dict:
-    """Params and FLOPs of the compressed model (widths aligned to MULTIPLE_OF) vs the full one."""
+  def kept(self, variables: dict, pruned: np.ndarray, *, zeroed: bool = True) -> dict:
+    """Params and FLOPs of the compressed model (widths aligned to MULTIPLE_OF) vs the full one.
+
+    ``zeroed=False`` when the ``pruned`` groups are not zero yet (the L1 search): compress then
+    only sizes the model, and ``compress_max_abs_diff`` is not an equivalence check.
+    """
     keep = jnp.asarray(~np.asarray(pruned, bool))
     small_fn, small = hj.compress(self.fn, variables, self.space, self.x, keep=keep,
-                                  multiple_of=MULTIPLE_OF)
+                                  multiple_of=MULTIPLE_OF, check_zero=zeroed)
     c = hj.count(small_fn, small, self.x, params_only=True)
     diff = float(jnp.max(jnp.abs(small_fn(small, self.x) - self.fn(variables, self.x))))
     return {"params_kept_pct": 100.0 * c["params"] / self.full["params"],
@@ -227,7 +231,7 @@ def l1_mask_at_flops(t: Task, variables: dict, flops_pct: float) -> np.ndarray:
   lo, hi = 0, len(order)  # the budget is assumed met at hi (HESSO met it with >= 1 group per space)
   while lo < hi:
     mid = (lo + hi) // 2
-    if t.kept(variables, mask(mid))["flops_kept_pct"] <= flops_pct + 1e-9:
+    if t.kept(variables, mask(mid), zeroed=False)["flops_kept_pct"] <= flops_pct + 1e-9:
       hi = mid
     else:
       lo = mid + 1
