@@ -32,17 +32,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from hesso_jax.space import SearchSpace, leaves_with_paths, normalize_path, path_str
-from hesso_jax.surgery.prune import (
-    _NNX_SUFFIX,
-    _slice_leaf,
-    axis_plan,
-    canonical_space,
-    check_keep,
-    kept_sizes,
-    rebase_space,
-    resolve_keep,
-)
+from hesso_jax._paths import leaves_with_paths, normalize_path, path_str, spellings
+from hesso_jax.space import SearchSpace
+from hesso_jax.surgery._keep import check_keep, resolve_keep
+from hesso_jax.surgery._plan import axis_plan, kept_sizes, slice_leaf
+
+__all__ = ["apply_manifest", "load_manifest", "make_manifest", "save_manifest"]
 
 MANIFEST_FORMAT = "hesso_jax.manifest"
 MANIFEST_VERSION = 1
@@ -62,9 +57,9 @@ def make_manifest(space: SearchSpace, keep: Any = None, variables: Any = None) -
   k = check_keep(space, keep)
   shapes = {}
   if variables is None:
-    space = canonical_space(space)
+    space = space.canonical()
   else:
-    space = rebase_space(space, variables)
+    space = space.rebase(variables)
     shapes = {p: tuple(int(d) for d in np.shape(x)) for p, x in leaves_with_paths(variables)}
   plan = axis_plan(space, k)
   params = {}
@@ -113,15 +108,13 @@ def apply_manifest(manifest: dict, variables: Any, *, strict: bool = True) -> An
   plan = {}
   for ps, e in entries.items():
     plan[ps] = {int(a): _mask(int(d["old"]), d["kept"]) for a, d in e["axes"].items()}
-  alias = dict((k, k) for k in plan)
+  alias = {k: k for k in plan}  # exact spellings first, then nnx's with / without 'value'
   for k in plan:
-    if k.endswith("/" + _NNX_SUFFIX):
-      alias.setdefault(k[:-len(_NNX_SUFFIX) - 1], k)
-    else:
-      alias.setdefault(k + "/" + _NNX_SUFFIX, k)
+    for spelling in spellings(normalize_path(k)):
+      alias.setdefault(path_str(spelling), k)
   used = set()
 
-  def leaf_fn(kp, x):
+  def leaf_fn(kp: Any, x: Any) -> Any:
     ps = path_str(normalize_path(kp))
     key = alias.get(ps)
     if key is None:
@@ -132,7 +125,7 @@ def apply_manifest(manifest: dict, variables: Any, *, strict: bool = True) -> An
       raise ValueError(
           f"apply_manifest: {ps} has shape {tuple(np.shape(x))} but the manifest was made for "
           f"{tuple(old_shape)}")
-    return _slice_leaf(x, plan[key], ps)
+    return slice_leaf(x, plan[key], ps)
 
   out = jax.tree_util.tree_map_with_path(leaf_fn, variables)
   missing = set(plan) - used

@@ -38,8 +38,13 @@ from flax import nnx
 from flax.core import FrozenDict
 from flax.nnx.nn import attention as _nnx_attention
 
-from hesso_jax.space import SearchSpace, path_str
-from hesso_jax.surgery.prune import _slice_leaf, axis_plan, prune, rebase_space, resolve_keep
+from hesso_jax._paths import path_str
+from hesso_jax.space import SearchSpace
+from hesso_jax.surgery._keep import resolve_keep
+from hesso_jax.surgery._plan import axis_plan, slice_leaf
+from hesso_jax.surgery._prune import prune
+
+__all__ = ["prune_nnx"]
 
 
 def _arr(v):
@@ -204,7 +209,7 @@ def prune_nnx(model: nnx.Module, space: SearchSpace, keep: Any = None) -> nnx.Mo
     A new module; ``small(x)`` runs and equals ``model(x)`` when the dropped groups are zero.
   """
   graphdef, state = nnx.split(model)
-  space = rebase_space(space, state)
+  space = space.rebase(state)
   k = resolve_keep(space, state, keep)
   plan = axis_plan(space, k)
   changed = {p for p, axes in plan.items() if any(not m.all() for m in axes.values())}
@@ -231,7 +236,7 @@ def prune_nnx(model: nnx.Module, space: SearchSpace, keep: Any = None) -> nnx.Mo
           kp = mpath + ("kernel", "value")
           if kp in plan:
             mask = mod.mask
-            mod.mask = _slice_leaf(_arr(mask), plan[kp], path_str(kp))
+            mod.mask = slice_leaf(_arr(mask), plan[kp], path_str(kp))
         break
     else:
       warnings.warn(
