@@ -94,8 +94,9 @@ def main(argv=None):
   gs = hj.sparsity_report(space_p, sp.variables["params"])["group_sparsity"]
   kept = hj.count_params(hj.prune(sp.variables, space), params_only=True)
   diff = removable_check(model, space, sp.variables, jnp.asarray(ds.x_test))
-  fl_dense = R.flops_report(model, space, dense.variables, jnp.asarray(ds.x_test[:1])).get("flops")
-  fl_sp = R.flops_report(model, space, sp.variables, jnp.asarray(ds.x_test[:1])).get("flops_compressed")
+  x1 = jnp.asarray(ds.x_test[:1])
+  fl_dense = R.flops_report(model, space, dense.variables, x1)["flops"]
+  fl_sp = R.flops_report(model, space, sp.variables, x1)["flops_compressed"]
 
   rows = [
       {"optimizer": "dense", "accuracy": dense_eval["accuracy"], "group_sparsity": 0.0,

@@ -201,7 +201,7 @@ def get_model(task: str, *, num_classes: int = 10, vocab_size: int | None = None
 
 
 def inference_fn(model: nn.Module):
-  """``fn(variables, x)``: the model in inference mode (what ``hj.discover`` / ``hj.count`` trace)."""
+  """``fn(variables, x)``: the model in inference mode (what hj.discover / hj.count trace)."""
   return lambda v, x: model.apply(v, x, train=False)
 
 
@@ -220,7 +220,8 @@ def _conv_bn_space(name: str, n: int, conv: str, bn: str, consumer: str, consume
              AxisSlice(("params", bn, "bias"), 0, PRODUCER),
              AxisSlice(("batch_stats", bn, "mean"), 0, STATE),
              AxisSlice(("batch_stats", bn, "var"), 0, STATE),
-             AxisSlice(("params", consumer, "kernel"), consumer_axis, CONSUMER, outer=consumer_outer)]
+             AxisSlice(("params", consumer, "kernel"), consumer_axis, CONSUMER,
+                       outer=consumer_outer)]
   return ChannelSpace(n, tuple(members), name=name)
 
 

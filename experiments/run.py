@@ -157,7 +157,8 @@ def run(task: str, optimizer: str, sparsity: float = 0.5, *, steps: int | None =
   record.update(ev)
   record["train_seconds"] = res.seconds
   if space_p.num_groups:
-    record["group_sparsity"] = hj.sparsity_report(space_p, res.variables["params"])["group_sparsity"]
+    report = hj.sparsity_report(space_p, res.variables["params"])
+    record["group_sparsity"] = report["group_sparsity"]
     record["params_kept"] = hj.count_params(hj.prune(res.variables, space), params_only=True)
     record.update(flops_report(model, space, res.variables, jnp.asarray(x_ex)))
   else:

@@ -25,7 +25,7 @@ __all__ = ["map_param_trees"]
 def _structural_init(state: Any, params: Any) -> Callable[[Any], Any]:
   """An ``init`` for ``tree_map_params``: ``state`` with each params-mirroring subtree replaced
   by the placeholder it is given."""
-  pdef = jax.tree_util.tree_structure(params)
+  pdef: Any = jax.tree_util.tree_structure(params)
   pshapes = [np.shape(x) for x in jax.tree_util.tree_leaves(params)]
 
   def mirrors(node: Any) -> bool:
@@ -39,15 +39,21 @@ def _structural_init(state: Any, params: Any) -> Callable[[Any], Any]:
   def init(placeholder: Any) -> Any:
     if mirrors(state) and jax.tree_util.tree_leaves(state):
       return placeholder
-    return jax.tree_util.tree_map(lambda n: placeholder if is_param_tree(n) else n, state,
-                                  is_leaf=is_param_tree)
+    return jax.tree_util.tree_map(
+      lambda n: placeholder if is_param_tree(n) else n, state, is_leaf=is_param_tree
+    )
 
   return init
 
 
-def map_param_trees(f: Callable[..., Any], state: Any, params: Any, *rest: Any,
-                    tx: optax.GradientTransformation | None = None,
-                    transform_non_params: Callable[[Any], Any] | None = None) -> Any:
+def map_param_trees(
+  f: Callable[..., Any],
+  state: Any,
+  params: Any,
+  *rest: Any,
+  tx: optax.GradientTransformation | None = None,
+  transform_non_params: Callable[[Any], Any] | None = None,
+) -> Any:
   """``f(leaf, *rest_leaves)`` over every params-mirroring subtree of ``state``.
 
   Args:
@@ -61,5 +67,6 @@ def map_param_trees(f: Callable[..., Any], state: Any, params: Any, *rest: Any,
     transform_non_params: applied to every other leaf (default: left as it is).
   """
   initable = tx if tx is not None else _structural_init(state, params)
-  return optax.tree_utils.tree_map_params(initable, f, state, *rest,
-                                          transform_non_params=transform_non_params)
+  return optax.tree_utils.tree_map_params(
+    initable, f, state, *rest, transform_non_params=transform_non_params
+  )

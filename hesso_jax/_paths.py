@@ -18,15 +18,15 @@ from typing import Any, TypeAlias
 import jax
 
 __all__ = [
-    "NNX_VALUE",
-    "Path",
-    "leaves_with_paths",
-    "match_leaf",
-    "normalize_path",
-    "path_str",
-    "spellings",
-    "strip_value",
-    "tree_map_with_paths",
+  "NNX_VALUE",
+  "Path",
+  "leaves_with_paths",
+  "match_leaf",
+  "normalize_path",
+  "path_str",
+  "spellings",
+  "strip_value",
+  "tree_map_with_paths",
 ]
 
 Path: TypeAlias = tuple  # tuple of str | int keys

@@ -25,22 +25,24 @@ Typical use (FSDP over ``'data'``, tensor parallel over ``'model'``)::
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from hesso_jax._opt_trees import map_param_trees
 from hesso_jax._paths import leaves_with_paths, normalize_path, path_str
 
 __all__ = [
-    "param_shardings",
-    "opt_state_shardings",
-    "abstract_opt_state",
-    "abstract_like",
-    "replicated",
-    "sharded_init",
+  "param_shardings",
+  "opt_state_shardings",
+  "abstract_opt_state",
+  "abstract_like",
+  "replicated",
+  "sharded_init",
 ]
 
 
@@ -56,9 +58,15 @@ def _axis_size(mesh: Mesh, axis: str | tuple | None) -> int:
   return int(np.prod([mesh.shape[a] for a in names]))
 
 
-def param_shardings(params: Any, mesh: Mesh, *, fsdp_axis: str | tuple | None = "data",
-                    tp_axis: str | tuple | None = "model", min_size: int = 0,
-                    rules: Callable[[tuple, tuple], P | None] | None = None) -> Any:
+def param_shardings(
+  params: Any,
+  mesh: Mesh,
+  *,
+  fsdp_axis: str | tuple | None = "data",
+  tp_axis: str | tuple | None = "model",
+  min_size: int = 0,
+  rules: Callable[[tuple, tuple], P | None] | None = None,
+) -> Any:
   """A default FSDP + tensor-parallel ``NamedSharding`` for every leaf of ``params``.
 
   For a leaf of rank >= 2 the *last* axis (a kernel's output features, the usual channel axis) is
@@ -75,16 +83,16 @@ def param_shardings(params: Any, mesh: Mesh, *, fsdp_axis: str | tuple | None = 
   tp_axis = tp_axis if (tp_axis is not None and _in_mesh(mesh, tp_axis)) else None
   nf, nt = _axis_size(mesh, fsdp_axis), _axis_size(mesh, tp_axis)
 
-  def leaf(path, x):
+  def leaf(path: Any, x: Any) -> NamedSharding:
     shape = tuple(np.shape(x))
     p = normalize_path(path)
     if rules is not None:
-      spec = rules(p, shape)
-      if spec is not None:
-        return NamedSharding(mesh, spec)
+      override = rules(p, shape)
+      if override is not None:
+        return NamedSharding(mesh, override)
     if len(shape) == 0 or int(np.prod(shape)) < min_size:
       return NamedSharding(mesh, P())
-    spec: list = [None] * len(shape)
+    spec: list[Any] = [None] * len(shape)
     last = len(shape) - 1
     if tp_axis is not None and nt > 1 and shape[last] % nt == 0:
       spec[last] = tp_axis
@@ -112,7 +120,7 @@ def _shape_structs(tree: Any) -> Any:
   return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
 
 
-def _find_mesh(shardings: list) -> Mesh | None:
+def _find_mesh(shardings: list) -> Any:
   for s in shardings:
     if isinstance(s, NamedSharding):
       return s.mesh
@@ -123,13 +131,16 @@ def abstract_like(tree: Any, shardings: Any = None) -> Any:
   """``tree`` as ``jax.ShapeDtypeStruct`` leaves carrying ``shardings`` (or each leaf's own)."""
   if shardings is None:
     return jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=_sharding_of(x)), tree)
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=_sharding_of(x)), tree
+    )
   return jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings)
+    lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings
+  )
 
 
-def opt_state_shardings(tx: Any, params: Any, mesh: Mesh | None = None, *,
-                        param_shardings: Any = None) -> Any:
+def opt_state_shardings(
+  tx: Any, params: Any, mesh: Mesh | None = None, *, param_shardings: Any = None
+) -> Any:
   """Shardings for ``tx.init(params)``'s state, derived from the params' shardings.
 
   Args:
@@ -152,9 +163,10 @@ def opt_state_shardings(tx: Any, params: Any, mesh: Mesh | None = None, *,
   if len(s_flat) != len(p_leaves) or any(s is None for s in s_flat):
     missing = [path_str(p) for (p, _), s in zip(p_leaves, s_flat, strict=False) if s is None][:5]
     raise ValueError(
-        "opt_state_shardings: every parameter needs a sharding (arrays carry one; give "
-        "jax.ShapeDtypeStruct(..., sharding=...) leaves or param_shardings=); missing for: "
-        f"{', '.join(missing) or '(structure mismatch between params and param_shardings)'}")
+      "opt_state_shardings: every parameter needs a sharding (arrays carry one; give "
+      "jax.ShapeDtypeStruct(..., sharding=...) leaves or param_shardings=); missing for: "
+      f"{', '.join(missing) or '(structure mismatch between params and param_shardings)'}"
+    )
   if mesh is None:
     mesh = _find_mesh(s_flat)
   if mesh is not None:
@@ -166,12 +178,14 @@ def opt_state_shardings(tx: Any, params: Any, mesh: Mesh | None = None, *,
     rep = s_flat[0]
 
   state_shapes = jax.eval_shape(tx.init, _shape_structs(params))
-  return map_param_trees(lambda _, sh: sh, state_shapes, params, param_shardings,
-                         transform_non_params=lambda _: rep)
+  return map_param_trees(
+    lambda _, sh: sh, state_shapes, params, param_shardings, transform_non_params=lambda _: rep
+  )
 
 
-def abstract_opt_state(tx: Any, params: Any, mesh: Mesh | None = None, *,
-                       param_shardings: Any = None) -> Any:
+def abstract_opt_state(
+  tx: Any, params: Any, mesh: Mesh | None = None, *, param_shardings: Any = None
+) -> Any:
   """``jax.ShapeDtypeStruct`` tree of ``tx.init(params)`` with :func:`opt_state_shardings`.
 
   The restore target for a sharded checkpoint (see :func:`hesso_jax.restore_checkpoint`).
@@ -179,7 +193,8 @@ def abstract_opt_state(tx: Any, params: Any, mesh: Mesh | None = None, *,
   sh = opt_state_shardings(tx, params, mesh, param_shardings=param_shardings)
   shapes = jax.eval_shape(tx.init, _shape_structs(params))
   return jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, sh)
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, sh
+  )
 
 
 def sharded_init(tx: Any, params: Any, mesh: Mesh | None = None) -> Any:

@@ -11,8 +11,15 @@ from hesso_jax.metrics._params import count_params
 __all__ = ["count"]
 
 
-def count(fn: Callable[..., Any], variables: Any, *args: Any, params_only: bool = False,
-          elementwise: bool = False, unit: str = "flops", **kwargs: Any) -> dict[str, Any]:
+def count(
+  fn: Callable[..., Any],
+  variables: Any,
+  *args: Any,
+  params_only: bool = False,
+  elementwise: bool = False,
+  unit: str = "flops",
+  **kwargs: Any,
+) -> dict[str, Any]:
   """Parameters and compute of ``fn(variables, *args, **kwargs)``: ``{'params': int, unit: float}``.
 
   What is counted (see :mod:`hesso_jax.metrics`):
@@ -42,6 +49,6 @@ def count(fn: Callable[..., Any], variables: Any, *args: Any, params_only: bool 
   {'params': 15, 'macs': 96.0}
   """
   return {
-      "params": count_params(variables, params_only=params_only),
-      unit: count_flops(fn, variables, *args, elementwise=elementwise, unit=unit, **kwargs),
+    "params": count_params(variables, params_only=params_only),
+    unit: count_flops(fn, variables, *args, elementwise=elementwise, unit=unit, **kwargs),
   }

@@ -46,7 +46,7 @@ class Cost(NamedTuple):
     """2 x MACs + elementwise operations."""
     return 2.0 * self.macs + self.elementwise
 
-  def __add__(self, other: Any) -> Cost:  # type: ignore[override]
+  def __add__(self, other: Any) -> Cost:
     return Cost(self.macs + other.macs, self.elementwise + other.elementwise)
 
   def scale(self, k: float) -> Cost:
@@ -120,12 +120,15 @@ def _check_unit(unit: str, elementwise: bool) -> None:
   if unit not in UNITS:
     raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
   if unit == "macs" and elementwise:
-    raise ValueError("elementwise=True counts FLOPs of elementwise ops, which are not "
-                     "multiply-accumulates: use unit='flops' with it")
+    raise ValueError(
+      "elementwise=True counts FLOPs of elementwise ops, which are not "
+      "multiply-accumulates: use unit='flops' with it"
+    )
 
 
-def count_flops(fn: Callable[..., Any], *args: Any, elementwise: bool = False,
-                unit: str = "flops", **kwargs: Any) -> float:
+def count_flops(
+  fn: Callable[..., Any], *args: Any, elementwise: bool = False, unit: str = "flops", **kwargs: Any
+) -> float:
   """FLOPs (or MACs with ``unit='macs'``) of ``fn(*args, **kwargs)``.
 
   ``fn`` is traced with ``jax.make_jaxpr`` (args may be ``jax.ShapeDtypeStruct``); see the

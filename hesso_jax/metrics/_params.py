@@ -32,5 +32,6 @@ def count_params(variables: Any, *, params_only: bool = False) -> int:
   leaf.
   """
   tree = _params_subtree(variables) if params_only else variables
-  return int(sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(tree)
-                 if hasattr(x, "shape")))
+  return int(
+    sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(tree) if hasattr(x, "shape"))
+  )

@@ -23,13 +23,13 @@ def sparsity_report(space: SearchSpace, variables: Any) -> dict[str, Any]:
   offs = {id(s): o for s, o in zip(space.prunable_spaces, space.group_offsets, strict=True)}
   spaces = {}
   for s, lab in zip(space.channel_spaces, space.labels(), strict=True):
-    z = int(zero[offs[id(s)]:offs[id(s)] + s.size].sum()) if s.prunable else 0
+    z = int(zero[offs[id(s)] : offs[id(s)] + s.size].sum()) if s.prunable else 0
     spaces[lab] = {"size": s.size, "kept": s.size - z, "zero": z, "prunable": s.prunable}
   g = int(space.num_groups)
   nz = int(zero.sum())
   return {
-      "num_groups": g,
-      "zero_groups": nz,
-      "group_sparsity": (nz / g) if g else 0.0,
-      "spaces": spaces,
+    "num_groups": g,
+    "zero_groups": nz,
+    "group_sparsity": (nz / g) if g else 0.0,
+    "spaces": spaces,
   }

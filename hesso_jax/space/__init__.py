@@ -14,16 +14,16 @@ from hesso_jax.space._layout import expand_channel_mask
 from hesso_jax.space._search_space import SearchSpace
 
 __all__ = [
-    "CONSUMER",
-    "PRODUCER",
-    "ROLES",
-    "STATE",
-    "AxisSlice",
-    "ChannelSpace",
-    "Path",
-    "SearchSpace",
-    "expand_channel_mask",
-    "leaves_with_paths",
-    "normalize_path",
-    "path_str",
+  "CONSUMER",
+  "PRODUCER",
+  "ROLES",
+  "STATE",
+  "AxisSlice",
+  "ChannelSpace",
+  "Path",
+  "SearchSpace",
+  "expand_channel_mask",
+  "leaves_with_paths",
+  "normalize_path",
+  "path_str",
 ]

@@ -106,8 +106,9 @@ class ChannelSpace:
         raise TypeError(f"ChannelSpace {self.name!r}: members must be AxisSlice, got {type(m)}")
       if m.width is not None and m.offset + self.size > m.width:
         raise ValueError(
-            f"ChannelSpace {self.name!r}: member {path_str(m.path)} offset {m.offset} + size "
-            f"{self.size} exceeds width {m.width}")
+          f"ChannelSpace {self.name!r}: member {path_str(m.path)} offset {m.offset} + size "
+          f"{self.size} exceeds width {m.width}"
+        )
     if self.prunable and not any(m.role == PRODUCER for m in self.members):
       raise ValueError(f"ChannelSpace {self.name!r} is prunable but has no producer member")
 

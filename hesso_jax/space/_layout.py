@@ -22,7 +22,7 @@ def member_view(x: jax.Array, m: AxisSlice, n: int) -> jax.Array:
   shape = x.shape
   a = m.axis
   w = m.block(n)
-  x = x.reshape(shape[:a] + (m.outer, w, m.inner) + shape[a + 1:])
+  x = x.reshape(shape[:a] + (m.outer, w, m.inner) + shape[a + 1 :])
   if m.offset != 0 or w != n:
     x = jax.lax.slice_in_dim(x, m.offset, m.offset + n, axis=a + 1)
   return x
@@ -35,8 +35,9 @@ def reduce_to_channels(x: jax.Array, m: AxisSlice, n: int) -> jax.Array:
   return jnp.sum(v, axis=axes)
 
 
-def expand_from_channels(v: jax.Array, m: AxisSlice, n: int, ndim: int,
-                         fill: ArrayLike) -> jax.Array:
+def expand_from_channels(
+  v: jax.Array, m: AxisSlice, n: int, ndim: int, fill: ArrayLike
+) -> jax.Array:
   """(n,) per-channel values -> array broadcastable to the member's leaf (axis length full)."""
   w = m.block(n)
   if m.offset != 0 or w != n:
@@ -51,5 +52,5 @@ def expand_channel_mask(mask: np.ndarray, m: AxisSlice, n: int) -> np.ndarray:
   """Host-side: (n,) bool keep-mask -> (axis_length,) bool, True outside the space's range."""
   w = m.block(n)
   full = np.ones((w,), bool)
-  full[m.offset:m.offset + n] = mask
+  full[m.offset : m.offset + n] = mask
   return np.broadcast_to(full[None, :, None], (m.outer, w, m.inner)).reshape(-1)

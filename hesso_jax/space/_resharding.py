@@ -35,6 +35,7 @@ def shard_like(v: jax.Array, x: Any) -> jax.Array:
   if xspec is None or not any(a is not None for a in xspec) or np.ndim(v) != np.ndim(x):
     return v
   padded = tuple(xspec) + (None,) * (np.ndim(x) - len(xspec))
-  spec = tuple(a if v.shape[i] == x.shape[i] and v.shape[i] != 1 else None
-               for i, a in enumerate(padded))
+  spec = tuple(
+    a if v.shape[i] == x.shape[i] and v.shape[i] != 1 else None for i, a in enumerate(padded)
+  )
   return jax.sharding.reshard(v, jax.sharding.PartitionSpec(*spec))

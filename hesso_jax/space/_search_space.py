@@ -19,13 +19,13 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from hesso_jax._paths import (
-    Path,
-    leaves_with_paths,
-    match_leaf,
-    normalize_path,
-    path_str,
-    strip_value,
-    tree_map_with_paths,
+  Path,
+  leaves_with_paths,
+  match_leaf,
+  normalize_path,
+  path_str,
+  strip_value,
+  tree_map_with_paths,
 )
 from hesso_jax.space._channels import PRODUCER, AxisSlice, ChannelSpace
 from hesso_jax.space._layout import expand_from_channels, reduce_to_channels
@@ -50,7 +50,9 @@ class SearchSpace:
   # --- construction -------------------------------------------------------------------------
 
   @classmethod
-  def from_channel_spaces(cls, spaces: Iterable[ChannelSpace], variables: Any = None) -> SearchSpace:
+  def from_channel_spaces(
+    cls, spaces: Iterable[ChannelSpace], variables: Any = None
+  ) -> SearchSpace:
     """Hand-written search space (the escape hatch). Validated against ``variables`` if given."""
     space = cls(tuple(spaces))
     if variables is not None:
@@ -78,8 +80,9 @@ class SearchSpace:
   def space_ids(self) -> np.ndarray:
     """(num_groups,) int: index (into prunable_spaces) of the space owning each group."""
     return np.concatenate(
-        [np.full((s.size,), k, np.int32) for k, s in enumerate(self.prunable_spaces)]
-        or [np.zeros((0,), np.int32)])
+      [np.full((s.size,), k, np.int32) for k, s in enumerate(self.prunable_spaces)]
+      or [np.zeros((0,), np.int32)]
+    )
 
   def group_sizes(self, variables: Any, roles: Sequence[str] = (PRODUCER,)) -> np.ndarray:
     """(num_groups,) number of elements of each group over members with ``roles``."""
@@ -126,19 +129,22 @@ class SearchSpace:
           if require_all:
             known = ", ".join(sorted(path_str(p) for p in shapes)[:12])
             raise ValueError(
-                f"search space member {path_str(m.path)!r} (space {s.label()!r}) is not a leaf of the "
-                f"given variables; known paths include: {known}")
+              f"search space member {path_str(m.path)!r} (space {s.label()!r}) is not a leaf of "
+              f"the given variables; known paths include: {known}"
+            )
           continue
         shp = shapes[m.path]
         if m.axis >= len(shp):
           raise ValueError(
-              f"search space member {path_str(m.path)!r}: axis {m.axis} out of range for shape {shp}")
+            f"search space member {path_str(m.path)!r}: axis {m.axis} out of range for shape {shp}"
+          )
         want = m.axis_length(s.size)
         if shp[m.axis] != want:
           raise ValueError(
-              f"search space member {path_str(m.path)!r}: axis {m.axis} has length {shp[m.axis]} but "
-              f"space {s.label()!r} (size {s.size}, outer {m.outer}, width {m.block(s.size)}, inner "
-              f"{m.inner}) needs {want}")
+            f"search space member {path_str(m.path)!r}: axis {m.axis} has length {shp[m.axis]} but "
+            f"space {s.label()!r} (size {s.size}, outer {m.outer}, width {m.block(s.size)}, inner "
+            f"{m.inner}) needs {want}"
+          )
 
   # --- re-rooting ---------------------------------------------------------------------------
 
@@ -148,16 +154,20 @@ class SearchSpace:
     Raises ValueError when a prunable space has no producer under ``key`` (its groups could not
     be measured there); unprunable spaces keep the members under ``key``.
     """
-    prefix = normalize_path(key) if isinstance(key, str) else normalize_path(
-        key if isinstance(key, (tuple, list)) else (key,))
+    prefix = (
+      normalize_path(key)
+      if isinstance(key, str)
+      else normalize_path(key if isinstance(key, (tuple, list)) else (key,))
+    )
     k = len(prefix)
     out = []
     for s in self.channel_spaces:
       ms = tuple(dataclasses.replace(m, path=m.path[k:]) for m in s.members if m.path[:k] == prefix)
       if s.prunable and not any(m.role == PRODUCER for m in ms):
         raise ValueError(
-            f"subtree({key!r}): prunable space {s.label()!r} has no producer under {key!r}; its "
-            "groups could not be measured there")
+          f"subtree({key!r}): prunable space {s.label()!r} has no producer under {key!r}; its "
+          "groups could not be measured there"
+        )
       if ms:
         out.append(dataclasses.replace(s, members=ms))
     return SearchSpace(tuple(out))
@@ -181,15 +191,24 @@ class SearchSpace:
     """The space with every member path replaced by ``fn(path)`` (``self`` if none changes)."""
     if all(fn(p) == p for p in self.paths()):
       return self
-    return SearchSpace(tuple(
-        dataclasses.replace(s, members=tuple(dataclasses.replace(m, path=fn(m.path))
-                                             for m in s.members))
-        for s in self.channel_spaces))
+    return SearchSpace(
+      tuple(
+        dataclasses.replace(
+          s, members=tuple(dataclasses.replace(m, path=fn(m.path)) for m in s.members)
+        )
+        for s in self.channel_spaces
+      )
+    )
 
   # --- vectorised group maths ---------------------------------------------------------------
 
-  def group_reduce(self, fn: Callable[..., jax.Array], *trees: Any,
-                   roles: Sequence[str] = (PRODUCER,), dtype: Any = jnp.float32) -> jax.Array:
+  def group_reduce(
+    self,
+    fn: Callable[..., jax.Array],
+    *trees: Any,
+    roles: Sequence[str] = (PRODUCER,),
+    dtype: Any = jnp.float32,
+  ) -> jax.Array:
     """(num_groups,) sum over each group's elements of ``fn(*leaves)`` (elementwise fn).
 
     Members with a role outside ``roles`` or a path missing from ``trees[0]`` are skipped.
@@ -216,17 +235,25 @@ class SearchSpace:
           hint = ""
           if match_leaf(m.path, paths) is not None:
             hint = " (the paths differ by a trailing 'value': discover on the same kind of tree)"
-          raise ValueError(f"producer {path_str(m.path)!r} of space {s.label()!r} is not a leaf of "
-                           f"the given {what}{hint}")
+          raise ValueError(
+            f"producer {path_str(m.path)!r} of space {s.label()!r} is not a leaf of "
+            f"the given {what}{hint}"
+          )
 
   def group_norms(self, variables: Any) -> jax.Array:
     """(num_groups,) L2 norm over each group's producer slices."""
     self.check_producers(variables)
     return jnp.sqrt(self.group_reduce(lambda x: x * x, variables))
 
-  def expand(self, values: ArrayLike, tree: Any, *, fill: ArrayLike,
-             combine: Callable[[jax.Array, jax.Array], jax.Array],
-             roles: Sequence[str] = (PRODUCER,)) -> Any:
+  def expand(
+    self,
+    values: ArrayLike,
+    tree: Any,
+    *,
+    fill: ArrayLike,
+    combine: Callable[[jax.Array, jax.Array], jax.Array],
+    roles: Sequence[str] = (PRODUCER,),
+  ) -> Any:
     """Broadcast (num_groups,) ``values`` onto ``tree``'s leaves.
 
     Returns a tree with the same structure whose leaves are arrays broadcastable to the
@@ -243,14 +270,16 @@ class SearchSpace:
     def leaf_fn(path, x):
       out = jnp.asarray(fill, values.dtype)
       for m, n, off in per_path.get(path, ()):
-        out = combine(out, expand_from_channels(values[off:off + n], m, n, np.ndim(x), fill))
+        out = combine(out, expand_from_channels(values[off : off + n], m, n, np.ndim(x), fill))
       return shard_like(out, x)
 
     return tree_map_with_paths(leaf_fn, tree)
 
   def group_mask_tree(self, mask: ArrayLike, tree: Any, roles: Sequence[str] = (PRODUCER,)) -> Any:
-    """bool (num_groups,) -> per-leaf bool arrays, True where an element belongs to a masked group."""
-    return self.expand(jnp.asarray(mask, bool), tree, fill=False, combine=jnp.logical_or, roles=roles)
+    """bool (num_groups,) -> per-leaf bool arrays, True where an element is in a masked group."""
+    return self.expand(
+      jnp.asarray(mask, bool), tree, fill=False, combine=jnp.logical_or, roles=roles
+    )
 
   def zero_groups(self, variables: Any, group_ids: ArrayLike) -> Any:
     """``variables`` with the producer slices of ``group_ids`` set to exactly 0.0.
@@ -260,22 +289,30 @@ class SearchSpace:
     ids = jnp.asarray(group_ids)
     if ids.dtype == jnp.bool_:
       if ids.shape != (self.num_groups,):
-        raise ValueError(f"zero_groups: bool mask must have shape ({self.num_groups},), got {ids.shape}")
+        raise ValueError(
+          f"zero_groups: bool mask must have shape ({self.num_groups},), got {ids.shape}"
+        )
       mask = ids
     else:
       ids_np = np.asarray(group_ids) if not isinstance(group_ids, jax.core.Tracer) else None
-      if ids_np is not None and ids_np.size and (ids_np.min() < 0 or ids_np.max() >= self.num_groups):
+      if (
+        ids_np is not None and ids_np.size and (ids_np.min() < 0 or ids_np.max() >= self.num_groups)
+      ):
         raise ValueError(f"zero_groups: group ids must lie in [0, {self.num_groups}), got {ids_np}")
       mask = jnp.zeros((self.num_groups,), bool).at[ids].set(True)
     self.check_producers(variables)
     masks = self.group_mask_tree(mask, variables)
-    return jax.tree_util.tree_map(lambda x, z: jnp.where(z, jnp.zeros((), x.dtype), x), variables, masks)
+    return jax.tree_util.tree_map(
+      lambda x, z: jnp.where(z, jnp.zeros((), x.dtype), x), variables, masks
+    )
 
   # --- reporting ----------------------------------------------------------------------------
 
   def summary(self, variables: Any = None) -> str:
     """A human table: each space, its size, prunable or why not, and its members."""
-    lines = [f"SearchSpace: {len(self.channel_spaces)} channel spaces, {self.num_groups} prunable groups"]
+    lines = [
+      f"SearchSpace: {len(self.channel_spaces)} channel spaces, {self.num_groups} prunable groups"
+    ]
     hdr = f"{'#':>3}  {'size':>6}  {'prunable':<8}  {'space / reason'}"
     lines += [hdr, "-" * max(len(hdr), 60)]
     for i, s in enumerate(self.channel_spaces):
@@ -287,5 +324,7 @@ class SearchSpace:
     return "\n".join(lines)
 
   def __repr__(self) -> str:
-    return (f"SearchSpace(num_spaces={len(self.channel_spaces)}, num_groups={self.num_groups}, "
-            f"prunable={len(self.prunable_spaces)})")
+    return (
+      f"SearchSpace(num_spaces={len(self.channel_spaces)}, num_groups={self.num_groups}, "
+      f"prunable={len(self.prunable_spaces)})"
+    )

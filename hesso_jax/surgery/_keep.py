@@ -28,17 +28,20 @@ def check_keep(space: SearchSpace, keep: ArrayLike) -> np.ndarray:
   g = space.num_groups
   k = np.asarray(jax.device_get(keep))
   if k.shape != (g,):
-    raise ValueError(f"keep-mask must have shape ({g},) (one entry per prunable group), got {k.shape}")
+    raise ValueError(
+      f"keep-mask must have shape ({g},) (one entry per prunable group), got {k.shape}"
+    )
   if k.dtype != np.bool_:
     if not np.isin(k, (0, 1)).all():
       raise ValueError(f"keep-mask must be boolean, got dtype {k.dtype} with non-0/1 values")
     k = k.astype(bool)
   spaces = zip(space.prunable_spaces, space.group_offsets, space.labels(True), strict=True)
   for s, off, lab in spaces:
-    if not k[off:off + s.size].any():
+    if not k[off : off + s.size].any():
       raise ValueError(
-          f"keep-mask keeps zero of the {s.size} channels of space {lab!r}; at least one channel "
-          "of every space must be kept (the layer would vanish)")
+        f"keep-mask keeps zero of the {s.size} channels of space {lab!r}; at least one channel "
+        "of every space must be kept (the layer would vanish)"
+      )
   return k
 
 
@@ -60,14 +63,17 @@ def default_keep(space: SearchSpace, variables: Any) -> np.ndarray:
   space = space.rebase(variables)
   leaves = leaves_with_paths(variables)
   if any(isinstance(x, jax.ShapeDtypeStruct) for _, x in leaves):
-    raise ValueError("keep=None needs concrete arrays to compute group norms; the given tree has "
-                     "jax.ShapeDtypeStruct leaves: pass an explicit keep-mask")
+    raise ValueError(
+      "keep=None needs concrete arrays to compute group norms; the given tree has "
+      "jax.ShapeDtypeStruct leaves: pass an explicit keep-mask"
+    )
   present = {p for p, _ in leaves}
   for s in space.prunable_spaces:
     if not any(m.path in present for m in s.producers()):
       raise ValueError(
-          f"keep=None: no producer of space {s.label()!r} is a leaf of the given tree, so its group "
-          "norms cannot be computed; pass an explicit keep-mask")
+        f"keep=None: no producer of space {s.label()!r} is a leaf of the given tree, so its group "
+        "norms cannot be computed; pass an explicit keep-mask"
+      )
   return group_norms_host(space, variables) != 0
 
 
@@ -89,18 +95,22 @@ def _warn_nonzero_drops(space: SearchSpace, variables: Any, keep: np.ndarray) ->
   for s, off, lab in spaces:
     if not any(m.path in present for m in s.producers()):
       continue
-    dropped = ~keep[off:off + s.size]
+    dropped = ~keep[off : off + s.size]
     if dropped.any():
-      mx = float(norms[off:off + s.size][dropped].max())
+      mx = float(norms[off : off + s.size][dropped].max())
       if mx > 0:
         warnings.warn(
-            f"prune: space {lab!r} drops {int(dropped.sum())} group(s) whose producer norm is not "
-            f"zero (max dropped norm {mx:.4g}); the pruned model will NOT be equivalent to the "
-            "full one", UserWarning, stacklevel=4)
+          f"prune: space {lab!r} drops {int(dropped.sum())} group(s) whose producer norm is not "
+          f"zero (max dropped norm {mx:.4g}); the pruned model will NOT be equivalent to the "
+          "full one",
+          UserWarning,
+          stacklevel=4,
+        )
 
 
-def resolve_keep(space: SearchSpace, variables: Any, keep: ArrayLike | None = None, *,
-                 warn: bool = True) -> np.ndarray:
+def resolve_keep(
+  space: SearchSpace, variables: Any, keep: ArrayLike | None = None, *, warn: bool = True
+) -> np.ndarray:
   """The validated bool (num_groups,) keep-mask ``prune`` uses (default: norm != 0).
 
   With an explicit ``keep`` and ``warn=True``, warns (UserWarning) per space whose dropped

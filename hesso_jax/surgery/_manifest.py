@@ -68,21 +68,24 @@ def make_manifest(space: SearchSpace, keep: Any = None, variables: Any = None) -
     for a, m in axes.items():
       if old_shape is not None and (a >= len(old_shape) or old_shape[a] != m.shape[0]):
         raise ValueError(
-            f"make_manifest: {path_str(p)} has shape {old_shape}; the search space expects axis "
-            f"{a} of length {m.shape[0]}")
+          f"make_manifest: {path_str(p)} has shape {old_shape}; the search space expects axis "
+          f"{a} of length {m.shape[0]}"
+        )
     params[path_str(p)] = {
-        "old_shape": list(old_shape) if old_shape is not None else None,
-        "axes": {str(a): {"old": int(m.shape[0]), "kept": [int(i) for i in np.flatnonzero(m)]}
-                 for a, m in sorted(axes.items())},
+      "old_shape": list(old_shape) if old_shape is not None else None,
+      "axes": {
+        str(a): {"old": int(m.shape[0]), "kept": [int(i) for i in np.flatnonzero(m)]}
+        for a, m in sorted(axes.items())
+      },
     }
   return {
-      "format": MANIFEST_FORMAT,
-      "version": MANIFEST_VERSION,
-      "num_groups": int(space.num_groups),
-      "num_kept": int(k.sum()),
-      "keep": [bool(b) for b in k],
-      "spaces": {lab: [o, n] for lab, (o, n) in kept_sizes(space, k).items()},
-      "params": params,
+    "format": MANIFEST_FORMAT,
+    "version": MANIFEST_VERSION,
+    "num_groups": int(space.num_groups),
+    "num_kept": int(k.sum()),
+    "keep": [bool(b) for b in k],
+    "spaces": {lab: [o, n] for lab, (o, n) in kept_sizes(space, k).items()},
+    "params": params,
   }
 
 
@@ -91,8 +94,9 @@ def _check_manifest(manifest: dict) -> None:
     raise ValueError("not a hesso_jax manifest (missing format field)")
   if manifest.get("version") != MANIFEST_VERSION:
     raise ValueError(
-        f"unsupported manifest version {manifest.get('version')!r} (this hesso_jax reads "
-        f"version {MANIFEST_VERSION})")
+      f"unsupported manifest version {manifest.get('version')!r} (this hesso_jax reads "
+      f"version {MANIFEST_VERSION})"
+    )
 
 
 def apply_manifest(manifest: dict, variables: Any, *, strict: bool = True) -> Any:
@@ -123,16 +127,18 @@ def apply_manifest(manifest: dict, variables: Any, *, strict: bool = True) -> An
     old_shape = entries[key].get("old_shape")
     if old_shape is not None and tuple(np.shape(x)) != tuple(old_shape):
       raise ValueError(
-          f"apply_manifest: {ps} has shape {tuple(np.shape(x))} but the manifest was made for "
-          f"{tuple(old_shape)}")
+        f"apply_manifest: {ps} has shape {tuple(np.shape(x))} but the manifest was made for "
+        f"{tuple(old_shape)}"
+      )
     return slice_leaf(x, plan[key], ps)
 
   out = jax.tree_util.tree_map_with_path(leaf_fn, variables)
   missing = set(plan) - used
   if strict and missing:
     raise ValueError(
-        f"apply_manifest: manifest paths not found in variables: {sorted(missing)[:8]} (pass "
-        "strict=False to skip them)")
+      f"apply_manifest: manifest paths not found in variables: {sorted(missing)[:8]} (pass "
+      "strict=False to skip them)"
+    )
   return out
 
 

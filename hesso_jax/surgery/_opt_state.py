@@ -53,9 +53,15 @@ def _group_vector_fn(num_groups: int, keep: np.ndarray, mode: str) -> Any:
   return fn
 
 
-def prune_opt_state(opt_state: Any, params: Any, space: SearchSpace, keep: ArrayLike, *,
-                    group_vectors: str = "reindex",
-                    tx: optax.GradientTransformation | None = None) -> Any:
+def prune_opt_state(
+  opt_state: Any,
+  params: Any,
+  space: SearchSpace,
+  keep: ArrayLike,
+  *,
+  group_vectors: str = "reindex",
+  tx: optax.GradientTransformation | None = None,
+) -> Any:
   """Prune an optax state so that training can continue on ``prune(params, space, keep)``.
 
   * Every sub-tree of ``opt_state`` that mirrors ``params`` (Adam's ``mu`` and ``nu``, momentum
@@ -80,12 +86,19 @@ def prune_opt_state(opt_state: Any, params: Any, space: SearchSpace, keep: Array
   _check_rooted(space, params, "prune_opt_state")
   plan = axis_plan(space.rebase(params), k)
   p_paths = [p for p, _ in leaves_with_paths(params)]
-  index_tree = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params),
-                                            range(len(p_paths)))
+  index_tree = jax.tree_util.tree_unflatten(
+    jax.tree_util.tree_structure(params), range(len(p_paths))
+  )
 
   def prune_leaf(x: Any, i: int) -> Any:
     p = p_paths[i]
     return slice_leaf(x, plan[p], path_str(p)) if p in plan else x
 
-  return map_param_trees(prune_leaf, opt_state, params, index_tree, tx=tx,
-                         transform_non_params=_group_vector_fn(space.num_groups, k, group_vectors))
+  return map_param_trees(
+    prune_leaf,
+    opt_state,
+    params,
+    index_tree,
+    tx=tx,
+    transform_non_params=_group_vector_fn(space.num_groups, k, group_vectors),
+  )

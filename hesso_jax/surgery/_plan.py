@@ -23,8 +23,15 @@ from hesso_jax._paths import Path, normalize_path, path_str, strip_value
 from hesso_jax.space import AxisSlice, ChannelSpace, SearchSpace, expand_channel_mask
 from hesso_jax.surgery._keep import check_keep
 
-__all__ = ["AxisPlan", "apply_plan", "axis_plan", "kept_sizes", "prune_space", "size_report",
-           "slice_leaf"]
+__all__ = [
+  "AxisPlan",
+  "apply_plan",
+  "axis_plan",
+  "kept_sizes",
+  "prune_space",
+  "size_report",
+  "slice_leaf",
+]
 
 AxisPlan: TypeAlias = dict[Path, dict[int, np.ndarray]]
 """member path -> {axis: bool keep-mask over the full axis} (AND of all members' masks)."""
@@ -36,14 +43,15 @@ def axis_plan(space: SearchSpace, keep: np.ndarray) -> AxisPlan:
   plan: AxisPlan = {}
   lengths: dict[tuple[Path, int], tuple[int, str]] = {}
   for s, off in zip(space.prunable_spaces, space.group_offsets, strict=True):
-    km = keep[off:off + s.size]
+    km = keep[off : off + s.size]
     for m in s.members:
       full = expand_channel_mask(km, m, s.size)
       key = (m.path, m.axis)
       if key in lengths and lengths[key][0] != full.shape[0]:
         raise ValueError(
-            f"members disagree on the length of {path_str(m.path)}[{m.axis}]: {lengths[key][0]} "
-            f"({lengths[key][1]}) vs {full.shape[0]} ({s.label()})")
+          f"members disagree on the length of {path_str(m.path)}[{m.axis}]: {lengths[key][0]} "
+          f"({lengths[key][1]}) vs {full.shape[0]} ({s.label()})"
+        )
       lengths[key] = (full.shape[0], s.label())
       axes = plan.setdefault(m.path, {})
       axes[m.axis] = full.copy() if m.axis not in axes else (axes[m.axis] & full)
@@ -62,7 +70,8 @@ def slice_leaf(x: Any, axes: Mapping[int, np.ndarray], where: str) -> Any:
       raise ValueError(f"{where}: axis {a} out of range for shape {shape}")
     if shape[a] != mask.shape[0]:
       raise ValueError(
-          f"{where}: axis {a} has length {shape[a]} but the search space expects {mask.shape[0]}")
+        f"{where}: axis {a} has length {shape[a]} but the search space expects {mask.shape[0]}"
+      )
   if isinstance(x, jax.ShapeDtypeStruct):
     new = list(shape)
     for a, mask in axes.items():
@@ -93,7 +102,7 @@ def kept_sizes(space: SearchSpace, keep: ArrayLike) -> dict[str, tuple[int, int]
   offs = dict(zip([id(s) for s in space.prunable_spaces], space.group_offsets, strict=True))
   out = {}
   for s, lab in zip(space.channel_spaces, space.labels(), strict=True):
-    new = int(k[offs[id(s)]:offs[id(s)] + s.size].sum()) if s.prunable else s.size
+    new = int(k[offs[id(s)] : offs[id(s)] + s.size].sum()) if s.prunable else s.size
     out[lab] = (s.size, new)
   return out
 
@@ -103,24 +112,31 @@ def size_report(space: SearchSpace, keep: ArrayLike) -> dict[str, dict[int, tupl
   prunable space touches, so a linen user can rebuild module configs (features=new length)."""
   k = check_keep(space, keep)
   plan = axis_plan(space.canonical(), k)
-  return {path_str(p): {a: (int(m.shape[0]), int(m.sum())) for a, m in sorted(axes.items())}
-          for p, axes in sorted(plan.items(), key=lambda kv: path_str(kv[0]))}
+  return {
+    path_str(p): {a: (int(m.shape[0]), int(m.sum())) for a, m in sorted(axes.items())}
+    for p, axes in sorted(plan.items(), key=lambda kv: path_str(kv[0]))
+  }
 
 
 def _pruned_member(m: AxisSlice, s: ChannelSpace, mask: np.ndarray) -> tuple[AxisSlice, int]:
   """The member's layout after keeping ``mask`` over its axis, and the space's new size."""
   w = m.block(s.size)
   m3 = mask.reshape(m.outer, w, m.inner)
-  o_any, w_any, i_any = m3.any((1, 2)), m3.any((0, 2)), m3.any((0, 1))
+  o_any, w_any, i_any = (np.asarray(m3.any(axis=ax)) for ax in ((1, 2), (0, 2), (0, 1)))
   if not np.array_equal(m3, o_any[:, None, None] & w_any[None, :, None] & i_any[None, None, :]):
     raise ValueError(
-        f"prune_space: the kept entries of {path_str(m.path)}[{m.axis}] are not a product over "
-        f"the layout of space {s.label()!r}; cannot express the pruned layout")
-  n_new = int(w_any[m.offset:m.offset + s.size].sum())
+      f"prune_space: the kept entries of {path_str(m.path)}[{m.axis}] are not a product over "
+      f"the layout of space {s.label()!r}; cannot express the pruned layout"
+    )
+  n_new = int(w_any[m.offset : m.offset + s.size].sum())
   width_new = int(w_any.sum())
   new = dataclasses.replace(
-      m, outer=int(o_any.sum()), inner=int(i_any.sum()), offset=int(w_any[:m.offset].sum()),
-      width=None if (m.width is None or width_new == n_new) else width_new)
+    m,
+    outer=int(o_any.sum()),
+    inner=int(i_any.sum()),
+    offset=int(w_any[: m.offset].sum()),
+    width=None if (m.width is None or width_new == n_new) else width_new,
+  )
   return new, n_new
 
 

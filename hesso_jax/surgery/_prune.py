@@ -11,8 +11,14 @@ from typing import Any
 
 from jax.typing import ArrayLike
 
-from hesso_jax._paths import Path, leaves_with_paths, match_leaf, normalize_path, path_str
-from hesso_jax._paths import strip_value
+from hesso_jax._paths import (
+  Path,
+  leaves_with_paths,
+  match_leaf,
+  normalize_path,
+  path_str,
+  strip_value,
+)
 from hesso_jax.space import SearchSpace
 from hesso_jax.surgery._keep import check_keep, resolve_keep
 from hesso_jax.surgery._plan import apply_plan, axis_plan
@@ -32,8 +38,9 @@ def _check_rooted(space: SearchSpace, tree: Any, fn: str) -> None:
   if not any(match_leaf(p, present) is not None for p in space.paths()):
     known = ", ".join(sorted(path_str(p) for p in leaf_paths)[:8])
     raise ValueError(
-        f"{fn}: no path of the search space is a leaf of the given variables (is the space "
-        f"rooted elsewhere? try space.subtree('params')); leaves include: {known}")
+      f"{fn}: no path of the search space is a leaf of the given variables (is the space "
+      f"rooted elsewhere? try space.subtree('params')); leaves include: {known}"
+    )
 
 
 def prune(variables: Any, space: SearchSpace, keep: ArrayLike | None = None) -> Any:
@@ -76,8 +83,9 @@ def prune(variables: Any, space: SearchSpace, keep: ArrayLike | None = None) -> 
   return apply_plan(variables, axis_plan(space, k), lambda lp: lp)
 
 
-def prune_like(tree: Any, space: SearchSpace, keep: ArrayLike, *,
-               root_paths: Sequence[Any] | None = None) -> Any:
+def prune_like(
+  tree: Any, space: SearchSpace, keep: ArrayLike, *, root_paths: Sequence[Any] | None = None
+) -> Any:
   """Prune a tree whose leaves *mirror* parameters by key path; never warns.
 
   Leaves whose key path ends with a member path (``root_paths=None``: longest-suffix match, so
@@ -97,8 +105,8 @@ def prune_like(tree: Any, space: SearchSpace, keep: ArrayLike, *,
     lp = strip_value(lp)
     if roots is not None:
       for r in roots:
-        if lp[:len(r)] == r and lp[len(r):] in members:
-          return lp[len(r):]
+        if lp[: len(r)] == r and lp[len(r) :] in members:
+          return lp[len(r) :]
       return None
     for n in range(min(len(lp), maxlen), 0, -1):
       if lp[-n:] in members:
