@@ -377,3 +377,16 @@ def test_prune_opt_state_via_tx_init_equals_structural_match():
   by_structure = hj.prune_opt_state(state, params, space, keep)
   chex.assert_trees_all_equal(by_tx, by_structure)
   chex.assert_trees_all_equal_shapes(by_tx[1][0].mu, hj.prune(params, space))
+
+
+def test_wrong_types_raise_type_error_naming_the_function():
+  v = _mlp_vars()
+  space = _mlp_space(v)
+  keep = np.ones(space.num_groups, bool)
+  for fn, args in ((hj.prune, (v, "space")), (hj.prune_like, (v, {}, keep)),
+                   (hj.prune_space, ([], keep)), (hj.kept_sizes, (None, keep)),
+                   (hj.sparsity_report, (space.channel_spaces, v))):
+    with pytest.raises(TypeError, match=f"{fn.__name__}: space must be a hesso_jax.SearchSpace"):
+      fn(*args)
+  with pytest.raises(TypeError, match="prune_nnx: model must be an nnx.Module"):
+    hj.prune_nnx(v, space)

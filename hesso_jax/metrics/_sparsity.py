@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from hesso_jax.space import SearchSpace
+from hesso_jax.space import SearchSpace, require_space
 
 __all__ = ["sparsity_report"]
 
@@ -18,6 +18,7 @@ def sparsity_report(space: SearchSpace, variables: Any) -> dict[str, Any]:
   Returns {'num_groups', 'zero_groups', 'group_sparsity', 'spaces': {label: {'size', 'kept',
   'zero', 'prunable'}}}; unprunable spaces report kept == size.
   """
+  require_space(space, "sparsity_report")
   space = space.rebase(variables)
   zero = np.asarray(jax.device_get(space.group_norms(variables))) == 0
   offs = {id(s): o for s, o in zip(space.prunable_spaces, space.group_offsets, strict=True)}

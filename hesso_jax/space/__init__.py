@@ -11,7 +11,7 @@
 from hesso_jax._paths import Path, leaves_with_paths, normalize_path, path_str
 from hesso_jax.space._channels import CONSUMER, PRODUCER, ROLES, STATE, AxisSlice, ChannelSpace
 from hesso_jax.space._layout import expand_channel_mask
-from hesso_jax.space._search_space import SearchSpace
+from hesso_jax.space._search_space import SearchSpace, require_space
 
 __all__ = [
   "CONSUMER",
@@ -26,4 +26,5 @@ __all__ = [
   "leaves_with_paths",
   "normalize_path",
   "path_str",
+  "require_space",
 ]

@@ -31,7 +31,7 @@ from hesso_jax.space._channels import PRODUCER, AxisSlice, ChannelSpace
 from hesso_jax.space._layout import expand_from_channels, reduce_to_channels
 from hesso_jax.space._resharding import shard_like, unshard
 
-__all__ = ["SearchSpace"]
+__all__ = ["SearchSpace", "require_space"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,3 +328,13 @@ class SearchSpace:
       f"SearchSpace(num_spaces={len(self.channel_spaces)}, num_groups={self.num_groups}, "
       f"prunable={len(self.prunable_spaces)})"
     )
+
+
+def require_space(space: Any, where: str) -> SearchSpace:
+  """``space`` itself; TypeError naming ``where`` when it is not a :class:`SearchSpace`."""
+  if not isinstance(space, SearchSpace):
+    raise TypeError(
+      f"{where}: space must be a hesso_jax.SearchSpace, got {type(space).__name__} (discover one "
+      "with hj.discover or build one with hj.SearchSpace.from_channel_spaces)"
+    )
+  return space

@@ -15,7 +15,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from hesso_jax._paths import leaves_with_paths
-from hesso_jax.space import SearchSpace
+from hesso_jax.space import SearchSpace, require_space
 
 __all__ = ["check_keep", "default_keep", "group_norms_host", "resolve_keep"]
 
@@ -25,6 +25,7 @@ def check_keep(space: SearchSpace, keep: ArrayLike) -> np.ndarray:
 
   Returns it as a numpy bool array. Raises ValueError (naming the space) otherwise.
   """
+  require_space(space, "check_keep")
   g = space.num_groups
   k = np.asarray(jax.device_get(keep))
   if k.shape != (g,):
@@ -116,6 +117,7 @@ def resolve_keep(
   With an explicit ``keep`` and ``warn=True``, warns (UserWarning) per space whose dropped
   groups are not exactly zero in ``variables``.
   """
+  require_space(space, "resolve_keep")
   k = default_keep(space, variables) if keep is None else np.asarray(jax.device_get(keep))
   k = check_keep(space, k)
   if keep is not None and warn:

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from hesso_jax._paths import leaves_with_paths, normalize_path, path_str, spellings
-from hesso_jax.space import SearchSpace
+from hesso_jax.space import SearchSpace, require_space
 from hesso_jax.surgery._keep import check_keep, resolve_keep
 from hesso_jax.surgery._plan import axis_plan, kept_sizes, slice_leaf
 
@@ -50,6 +50,7 @@ def make_manifest(space: SearchSpace, keep: Any = None, variables: Any = None) -
   ``variables`` is given, the old full shapes are recorded too and the space is checked
   against them.
   """
+  require_space(space, "make_manifest")
   if keep is None:
     if variables is None:
       raise ValueError("make_manifest: keep=None needs variables to compute group norms")

@@ -39,7 +39,7 @@ from flax.core import FrozenDict
 from flax.nnx.nn import attention as _nnx_attention
 
 from hesso_jax._paths import path_str
-from hesso_jax.space import SearchSpace
+from hesso_jax.space import SearchSpace, require_space
 from hesso_jax.surgery._keep import resolve_keep
 from hesso_jax.surgery._plan import axis_plan, slice_leaf
 from hesso_jax.surgery._prune import prune
@@ -247,6 +247,9 @@ def prune_nnx(model: nnx.Module, space: SearchSpace, keep: Any = None) -> nnx.Mo
   >>> bool(jnp.allclose(small(x), model(x)))
   True
   """
+  require_space(space, "prune_nnx")
+  if not isinstance(model, nnx.Module):
+    raise TypeError(f"prune_nnx: model must be an nnx.Module, got {type(model).__name__}")
   graphdef, state = nnx.split(model)
   space = space.rebase(state)
   k = resolve_keep(space, state, keep)

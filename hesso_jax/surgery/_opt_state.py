@@ -17,7 +17,7 @@ from jax.typing import ArrayLike
 
 from hesso_jax._opt_trees import map_param_trees
 from hesso_jax._paths import leaves_with_paths, path_str
-from hesso_jax.space import SearchSpace
+from hesso_jax.space import SearchSpace, require_space
 from hesso_jax.surgery._keep import check_keep
 from hesso_jax.surgery._plan import axis_plan, slice_leaf
 from hesso_jax.surgery._prune import _check_rooted
@@ -80,6 +80,7 @@ def prune_opt_state(
   ``space`` must be rooted at ``params`` (use ``space.subtree('params')`` when the optimizer
   sees ``variables['params']``).
   """
+  require_space(space, "prune_opt_state")
   if group_vectors not in _GROUP_VECTOR_MODES:
     raise ValueError(f"group_vectors must be one of {_GROUP_VECTOR_MODES}, got {group_vectors!r}")
   k = check_keep(space, keep)

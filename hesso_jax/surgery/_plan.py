@@ -20,7 +20,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from hesso_jax._paths import Path, normalize_path, path_str, strip_value
-from hesso_jax.space import AxisSlice, ChannelSpace, SearchSpace, expand_channel_mask
+from hesso_jax.space import AxisSlice, ChannelSpace, SearchSpace, expand_channel_mask, require_space
 from hesso_jax.surgery._keep import check_keep
 
 __all__ = [
@@ -98,6 +98,7 @@ def apply_plan(tree: Any, plan: AxisPlan, resolve: Callable[[Path], Path | None]
 
 def kept_sizes(space: SearchSpace, keep: ArrayLike) -> dict[str, tuple[int, int]]:
   """{space label: (old size, new size)} for every channel space (unprunable: unchanged)."""
+  require_space(space, "kept_sizes")
   k = check_keep(space, keep)
   offs = dict(zip([id(s) for s in space.prunable_spaces], space.group_offsets, strict=True))
   out = {}
@@ -110,6 +111,7 @@ def kept_sizes(space: SearchSpace, keep: ArrayLike) -> dict[str, tuple[int, int]
 def size_report(space: SearchSpace, keep: ArrayLike) -> dict[str, dict[int, tuple[int, int]]]:
   """{parameter path 'params/conv1/kernel': {axis: (old length, new length)}} for every axis a
   prunable space touches, so a linen user can rebuild module configs (features=new length)."""
+  require_space(space, "size_report")
   k = check_keep(space, keep)
   plan = axis_plan(space.canonical(), k)
   return {
@@ -147,6 +149,7 @@ def prune_space(space: SearchSpace, keep: ArrayLike) -> SearchSpace:
   :func:`hesso_jax.reindex_groups`). Raises ValueError if some member's kept set is not a product
   outer x block x inner (cannot be expressed as a layout).
   """
+  require_space(space, "prune_space")
   k = check_keep(space, keep)
   plan = axis_plan(space.canonical(), k)
   new_spaces = []

@@ -19,7 +19,7 @@ from hesso_jax._paths import (
   path_str,
   strip_value,
 )
-from hesso_jax.space import SearchSpace
+from hesso_jax.space import SearchSpace, require_space
 from hesso_jax.surgery._keep import check_keep, resolve_keep
 from hesso_jax.surgery._plan import apply_plan, axis_plan
 
@@ -77,6 +77,7 @@ def prune(variables: Any, space: SearchSpace, keep: ArrayLike | None = None) -> 
   >>> small["l0"]["kernel"].shape, small["l0"]["bias"].shape, small["l1"]["kernel"].shape
   ((3, 3), (3,), (3, 2))
   """
+  require_space(space, "prune")
   _check_rooted(space, variables, "prune")
   space = space.rebase(variables)
   k = resolve_keep(space, variables, keep)
@@ -95,6 +96,7 @@ def prune_like(
   tree are skipped silently. ``keep`` must be given (bool, (num_groups,)). To prune an optimizer
   state against the params it was built for, :func:`hesso_jax.prune_opt_state` needs no paths.
   """
+  require_space(space, "prune_like")
   k = check_keep(space, keep)
   space = space.canonical()
   members = space.paths()
