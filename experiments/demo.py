@@ -23,8 +23,8 @@ import optax
 
 import hesso_jax as hj
 from experiments import data as D
-from experiments import hj_compat as H
 from experiments import models as M
+from experiments import run as R
 from experiments import train as T
 
 # Tuned on seeds 0-4 (HESSO minus dense test accuracy: mean -0.13, worst -0.44 points; the other
@@ -43,12 +43,12 @@ def base_tx(steps: int, lr: float = LR):
   return optax.sgd(optax.cosine_decay_schedule(lr, steps), momentum=0.9)
 
 
-def removable_check(model, space, variables, x) -> tuple[float, str]:
+def removable_check(model, space, variables, x) -> float:
   """Max |difference| between the trained model's output and the compressed model's
   (``hj.compress`` cuts every dropped group out of every array)."""
-  fn = lambda v, xb: model.apply(v, xb, train=False)
+  fn = M.inference_fn(model)
   small_fn, small = hj.compress(fn, variables, space, x)
-  return float(jnp.max(jnp.abs(small_fn(small, x) - fn(variables, x)))), "hj.compress"
+  return float(jnp.max(jnp.abs(small_fn(small, x) - fn(variables, x))))
 
 
 def main(argv=None):
@@ -71,9 +71,9 @@ def main(argv=None):
   print(f"digits: {len(ds.x_train)} train / {len(ds.x_test)} test images 8x8x1, 10 classes; "
         f"DigitsCNN with {n_params:,} parameters; jax {jax.__version__} on {jax.devices()[0].platform}")
 
-  space, space_src = H.search_space("digits_cnn", model, variables, ds.x_train[:2])
+  space = hj.discover(M.inference_fn(model), variables, ds.x_train[:2])
   space_p = space.subtree("params")
-  print(f"search space ({space_src}): {space_p.num_groups} prunable groups in "
+  print(f"search space (hj.discover): {space_p.num_groups} prunable groups in "
         f"{len(space_p.prunable_spaces)} channel spaces")
 
   batches = lambda: D.batches(ds.x_train, ds.y_train, BATCH, seed=args.seed)
@@ -86,17 +86,17 @@ def main(argv=None):
   dense_eval = T.evaluate_classifier(model, dense.variables, ds.x_test, ds.y_test)
 
   # HESSO
-  tx, tx_src = H.make_hesso(base_tx(steps), space_p, target_group_sparsity=args.sparsity,
-                            warmup_steps=warmup, pruning_steps=pruning_steps,
-                            pruning_periods=PRUNING_PERIODS)
+  tx = hj.hesso(base_tx(steps), space_p, target_group_sparsity=args.sparsity,
+                warmup_steps=warmup, pruning_steps=pruning_steps, pruning_periods=PRUNING_PERIODS)
   sp = T.train(model, variables, tx, batches(), steps, callback=cb, log_every=25,
                progress=not args.no_progress, desc="hesso")
   sp_eval = T.evaluate_classifier(model, sp.variables, ds.x_test, ds.y_test)
-  gs = H.group_sparsity(space_p, sp.variables["params"])
-  kept, count_src = H.kept_param_count(space, sp.variables)
-  diff, check_src = removable_check(model, space, sp.variables, jnp.asarray(ds.x_test))
-  fl_dense = H.flops_report(model, space, dense.variables, jnp.asarray(ds.x_test[:1])).get("flops")
-  fl_sp = H.flops_report(model, space, sp.variables, jnp.asarray(ds.x_test[:1])).get("flops_compressed")
+  gs = hj.sparsity_report(space_p, sp.variables["params"])["group_sparsity"]
+  kept = hj.count_params(hj.prune(sp.variables, space), params_only=True)
+  diff = removable_check(model, space, sp.variables, jnp.asarray(ds.x_test))
+  x1 = jnp.asarray(ds.x_test[:1])
+  fl_dense = R.flops_report(model, space, dense.variables, x1)["flops"]
+  fl_sp = R.flops_report(model, space, sp.variables, x1)["flops_compressed"]
 
   rows = [
       {"optimizer": "dense", "accuracy": dense_eval["accuracy"], "group_sparsity": 0.0,
@@ -117,17 +117,14 @@ def main(argv=None):
   print("-" * 76)
   print(f"accuracy change vs dense: {0.0 - drop:+.2f} points (target: within 1 point); "
         f"{int(round(gs * space_p.num_groups))}/{space_p.num_groups} groups removed")
-  print(f"removability check ({check_src}): max |output difference| = {diff:.2e}")
-  print(f"sources: space={space_src}, optimizer={tx_src}, params kept={count_src}; "
-        f"total {time.perf_counter() - t_start:.0f} s")
+  print(f"removability check (hj.compress): max |output difference| = {diff:.2e}")
+  print(f"total {time.perf_counter() - t_start:.0f} s")
 
   out = T.results_dir("demo")
   T.write_json({"task": "digits_cnn", "steps": steps, "warmup_steps": warmup,
                 "pruning_steps": pruning_steps, "pruning_periods": PRUNING_PERIODS, "lr": LR,
                 "batch_size": BATCH, "seed": args.seed, "target_group_sparsity": args.sparsity,
-                "rows": rows, "removability_max_abs_diff": diff, "sources": {
-                    "space": space_src, "optimizer": tx_src, "params_kept": count_src,
-                    "removability": check_src},
+                "rows": rows, "removability_max_abs_diff": diff,
                 "history": {"dense": dense.history, "hesso": sp.history}}, out / "demo.json")
   T.plot_history(sp.history, out / "hesso_history.png", title="digits CNN, HESSO")
   print(f"wrote {out / 'demo.json'} and {out / 'hesso_history.png'}")

@@ -14,8 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hesso_jax.space import CONSUMER, PRODUCER, STATE, AxisSlice, ChannelSpace, SearchSpace
+
 __all__ = ["DigitsCNN", "ResNetSmall", "BasicBlock", "MNIST1DMLP", "MNIST1DCNN", "CharGPT",
-           "CausalSelfAttention", "get_model"]
+           "CausalSelfAttention", "get_model", "inference_fn", "manual_space"]
 
 
 class DigitsCNN(nn.Module):
@@ -196,3 +198,73 @@ def get_model(task: str, *, num_classes: int = 10, vocab_size: int | None = None
       kw = {"d_model": 64, "num_layers": 1, "block_size": 32, **kw}
     return CharGPT(vocab_size=vocab_size, **kw)
   raise ValueError(f"unknown task {task!r}")
+
+
+def inference_fn(model: nn.Module):
+  """``fn(variables, x)``: the model in inference mode (what hj.discover / hj.count trace)."""
+  return lambda v, x: model.apply(v, x, train=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# hand-written search spaces (the escape hatch, as worked examples; a test checks that they
+# equal hj.discover's)
+# ------------------------------------------------------------------------------------------------
+
+
+def _conv_bn_space(name: str, n: int, conv: str, bn: str, consumer: str, consumer_axis: int,
+                   *, kernel_ndim: int = 4, consumer_outer: int = 1) -> ChannelSpace:
+  """conv out-channels (+ bias, + BN scale/shift as producers, BN mean/var as state) -> consumer."""
+  members = [AxisSlice(("params", conv, "kernel"), kernel_ndim - 1, PRODUCER),
+             AxisSlice(("params", conv, "bias"), 0, PRODUCER),
+             AxisSlice(("params", bn, "scale"), 0, PRODUCER),
+             AxisSlice(("params", bn, "bias"), 0, PRODUCER),
+             AxisSlice(("batch_stats", bn, "mean"), 0, STATE),
+             AxisSlice(("batch_stats", bn, "var"), 0, STATE),
+             AxisSlice(("params", consumer, "kernel"), consumer_axis, CONSUMER,
+                       outer=consumer_outer)]
+  return ChannelSpace(n, tuple(members), name=name)
+
+
+def _dense_space(name: str, n: int, dense: str, consumer: str) -> ChannelSpace:
+  return ChannelSpace(n, (AxisSlice(("params", dense, "kernel"), 1, PRODUCER),
+                          AxisSlice(("params", dense, "bias"), 0, PRODUCER),
+                          AxisSlice(("params", consumer, "kernel"), 0, CONSUMER)), name=name)
+
+
+def _conv_stack_spaces(model: nn.Module, params, head: str, kernel_ndim: int) -> list[ChannelSpace]:
+  """Each conv's out-channels consumed by the next conv's in axis; the last one feeds the
+  flatten -> ``head`` transition, where NHWC flattening makes channel the fastest axis, so the
+  head kernel's in axis has ``outer = H*W`` (or the sequence length) and ``inner = 1``."""
+  feats = list(model.features)
+  spaces = []
+  for i, f in enumerate(feats):
+    if i == len(feats) - 1:
+      outer = params[head]["kernel"].shape[0] // f
+      spaces.append(_conv_bn_space(f"conv{i}", f, f"conv{i}", f"bn{i}", head, 0,
+                                   kernel_ndim=kernel_ndim, consumer_outer=outer))
+    else:
+      spaces.append(_conv_bn_space(f"conv{i}", f, f"conv{i}", f"bn{i}", f"conv{i + 1}",
+                                   kernel_ndim - 2, kernel_ndim=kernel_ndim))
+  return spaces
+
+
+def manual_space(task: str, model: nn.Module, variables) -> SearchSpace:
+  """Hand-written search spaces (``hj.SearchSpace.from_channel_spaces``) for the simple models.
+
+  digits_cnn: every conv's out-channels (kernel out axis, bias, BN scale/bias as producers, BN
+  running mean/var as 'state') and the hidden dense layer; mnist1d: the 1-D convs; mnist1d_mlp:
+  every hidden dense layer.
+  """
+  params = variables["params"]
+  if task == "digits_cnn":
+    spaces = _conv_stack_spaces(model, params, "fc", 4)
+    spaces.append(_dense_space("fc", model.hidden, "fc", "head"))
+  elif task == "mnist1d":
+    spaces = _conv_stack_spaces(model, params, "head", 3)
+  elif task == "mnist1d_mlp":
+    hs = list(model.hidden)
+    spaces = [_dense_space(f"fc{i}", h, f"fc{i}", f"fc{i + 1}" if i + 1 < len(hs) else "head")
+              for i, h in enumerate(hs)]
+  else:
+    raise ValueError(f"no hand-written search space for {task!r}; use hj.discover")
+  return SearchSpace.from_channel_spaces(spaces, variables)

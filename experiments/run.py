@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import hesso_jax as hj
 from experiments import data as D
-from experiments import hj_compat as H
 from experiments import models as M
 from experiments import train as T
 
@@ -118,29 +118,21 @@ def run(task: str, optimizer: str, sparsity: float = 0.5, *, steps: int | None =
                             "steps": steps, "small": small, "seed": seed, "lr": lr, "base": cfg.base,
                             "batch_size": cfg.batch_size, "data": info, "params_total": n_params,
                             "jax": jax.__version__, "device": jax.devices()[0].platform}
-  space = space_p = None
-  try:  # the dense run also uses the space, to report its (zero) group sparsity
-    space, record["space_source"] = H.search_space(task, model, variables, x_ex)
-    space_p = space.subtree("params")
-    record["num_groups"] = space_p.num_groups
-  except NotImplementedError as e:
-    if optimizer != "dense":
-      raise SystemExit(f"{task}: {e}")
-    record["space_source"] = f"unavailable ({e})"
+  # the dense run also uses the space, to report its (zero) group sparsity
+  space = hj.discover(M.inference_fn(model), variables, x_ex)
+  space_p = space.subtree("params")
+  record["num_groups"] = space_p.num_groups
 
   base = make_base_tx(cfg, steps, lr)
   if optimizer == "dense":
-    tx, record["tx_source"] = base, "optax"
+    tx = base
   elif optimizer == "hesso":
     kw = schedule(steps)
-    tx, record["tx_source"] = H.make_hesso(base, space_p, target_group_sparsity=sparsity, **kw)
+    tx = hj.hesso(base, space_p, target_group_sparsity=sparsity, **kw)
     record["hesso"] = kw
   elif optimizer == "hesso_cric":
     kw = {**cric_schedule(steps, small), **(cric_kw or {})}
-    try:
-      tx, record["tx_source"] = H.make_hesso_cric(base, space_p, target_group_sparsity=sparsity, **kw)
-    except NotImplementedError as e:
-      raise SystemExit(f"hesso_cric is not available yet: {e}")
+    tx = hj.hesso_cric(base, space_p, target_group_sparsity=sparsity, **kw)
     record["hesso_cric"] = kw
     try:  # planning facts, when the library exposes them
       from hesso_jax.optim.cric import cric_schedule as _plan
@@ -156,7 +148,7 @@ def run(task: str, optimizer: str, sparsity: float = 0.5, *, steps: int | None =
     raise ValueError(optimizer)
 
   cb = None
-  if space_p is not None and space_p.num_groups:
+  if space_p.num_groups:
     gs_fn = jax.jit(lambda p: jnp.mean(space_p.group_norms(p) == 0))
     cb = lambda step, v, s, loss: {"group_sparsity": float(gs_fn(v["params"]))}
   res = T.train(model, variables, tx, make_iter(), steps, callback=cb,
@@ -164,10 +156,11 @@ def run(task: str, optimizer: str, sparsity: float = 0.5, *, steps: int | None =
   ev = evaluate(res.variables)
   record.update(ev)
   record["train_seconds"] = res.seconds
-  if space_p is not None and space_p.num_groups:
-    record["group_sparsity"] = H.group_sparsity(space_p, res.variables["params"])
-    record["params_kept"], record["params_kept_source"] = H.kept_param_count(space, res.variables)
-    record.update(H.flops_report(model, space, res.variables, jnp.asarray(x_ex)))
+  if space_p.num_groups:
+    report = hj.sparsity_report(space_p, res.variables["params"])
+    record["group_sparsity"] = report["group_sparsity"]
+    record["params_kept"] = hj.count_params(hj.prune(res.variables, space), params_only=True)
+    record.update(flops_report(model, space, res.variables, jnp.asarray(x_ex)))
   else:
     record["group_sparsity"], record["params_kept"] = 0.0, n_params
   record["history"] = res.history
@@ -191,6 +184,17 @@ def run(task: str, optimizer: str, sparsity: float = 0.5, *, steps: int | None =
   return record
 
 
+def flops_report(model, space, variables, x) -> dict:
+  """Per-example FLOPs (``hj.count``) of the full and the compressed model (dropped groups: those
+  whose producer norm is 0), and the max |difference| of their outputs on ``x[:1]``."""
+  x = x[:1]
+  fn = M.inference_fn(model)
+  small_fn, small = hj.compress(fn, variables, space, x)
+  return {"flops": hj.count(fn, variables, x)["flops"],
+          "flops_compressed": hj.count(small_fn, small, x)["flops"],
+          "compress_max_abs_diff": float(jnp.max(jnp.abs(small_fn(small, x) - fn(variables, x))))}
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--task", choices=TASKS, required=True)
@@ -206,8 +210,7 @@ def main(argv=None):
   r = run(a.task, a.optimizer, a.sparsity, steps=a.steps, small=a.small, seed=a.seed, lr=a.lr,
           out_dir=a.out, progress=not a.no_progress)
   keys = ["task", "optimizer", "steps", "accuracy", "perplexity", "loss", "group_sparsity",
-          "params_kept", "params_total", "flops", "flops_compressed", "train_seconds",
-          "space_source", "tx_source"]
+          "params_kept", "params_total", "flops", "flops_compressed", "train_seconds"]
   for k in keys:
     if k in r:
       v = r[k]

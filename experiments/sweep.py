@@ -39,7 +39,7 @@ import numpy as np
 
 import hesso_jax as hj
 from benchmarks.common import interleaved, paired_ratio
-from experiments import hj_compat as H
+from experiments import models as M
 from experiments import run as R
 from experiments import train as T
 
@@ -65,7 +65,7 @@ def num_prunable_spaces(task: str, small: bool, seed: int = 0) -> int:
   cfg = R.CONFIGS[task]
   model, _, x_ex, _, _ = R.load_task(task, small, cfg, seed)
   variables = T.init_variables(model, x_ex, seed=seed)
-  space, _ = H.search_space(task, model, variables, x_ex)
+  space = hj.discover(M.inference_fn(model), variables, x_ex)
   return len(space.subtree("params").prunable_spaces)
 
 

@@ -32,12 +32,12 @@ import jax
 import numpy as np
 
 __all__ = [
-    "save_checkpoint",
-    "restore_checkpoint",
-    "latest_step",
-    "checkpoint_metadata",
-    "CheckpointMismatchError",
-    "space_fingerprint",
+  "save_checkpoint",
+  "restore_checkpoint",
+  "latest_step",
+  "checkpoint_metadata",
+  "CheckpointMismatchError",
+  "space_fingerprint",
 ]
 
 FORMAT = "hesso_jax.checkpoint/1"
@@ -58,8 +58,9 @@ def _manager(directory: Any, *, max_to_keep: int | None = None, read_only: bool 
   ocp = _ocp()
   directory = os.path.abspath(os.fspath(directory))
   # read_only=True makes orbax log warnings on every open; not creating the directory is enough
-  opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                      enable_async_checkpointing=False)
+  opts = ocp.CheckpointManagerOptions(
+    max_to_keep=max_to_keep, create=not read_only, enable_async_checkpointing=False
+  )
   return ocp.CheckpointManager(directory, options=opts, item_names=_ITEMS)
 
 
@@ -95,9 +96,14 @@ def space_fingerprint(space: Any) -> dict:
 
 
 def _meta(step: int, params: Any, opt_state: Any, space: Any) -> dict:
-  meta = {"format": FORMAT, "step": int(step), **_state_summary(opt_state),
-          "params": _leaf_table(params), "opt_state": _leaf_table(opt_state),
-          "opt_state_treedef": str(jax.tree_util.tree_structure(opt_state))}
+  meta = {
+    "format": FORMAT,
+    "step": int(step),
+    **_state_summary(opt_state),
+    "params": _leaf_table(params),
+    "opt_state": _leaf_table(opt_state),
+    "opt_state_treedef": str(jax.tree_util.tree_structure(opt_state)),
+  }
   meta["space"] = space_fingerprint(space) if space is not None else None
   return meta
 
@@ -107,43 +113,62 @@ def _diff_tables(what: str, saved: dict, target: dict, limit: int = 8) -> list[s
   missing = [k for k in saved if k not in target]
   extra = [k for k in target if k not in saved]
   if missing:
-    msgs.append(f"{what}: {len(missing)} leaves in the checkpoint are not in the target, e.g. "
-                + ", ".join(missing[:limit]))
+    msgs.append(
+      f"{what}: {len(missing)} leaves in the checkpoint are not in the target, e.g. "
+      + ", ".join(missing[:limit])
+    )
   if extra:
-    msgs.append(f"{what}: {len(extra)} leaves of the target are not in the checkpoint, e.g. "
-                + ", ".join(extra[:limit]))
-  diff = [(k, saved[k], target[k]) for k in saved if k in target and list(saved[k]) != list(target[k])]
+    msgs.append(
+      f"{what}: {len(extra)} leaves of the target are not in the checkpoint, e.g. "
+      + ", ".join(extra[:limit])
+    )
+  diff = [
+    (k, saved[k], target[k]) for k in saved if k in target and list(saved[k]) != list(target[k])
+  ]
   for k, a, b in diff[:limit]:
-    msgs.append(f"{what}{k}: checkpoint has shape {tuple(a[0])} {a[1]}, target has "
-                f"shape {tuple(b[0])} {b[1]}")
+    msgs.append(
+      f"{what}{k}: checkpoint has shape {tuple(a[0])} {a[1]}, target has shape {tuple(b[0])} {b[1]}"
+    )
   if len(diff) > limit:
     msgs.append(f"{what}: ... and {len(diff) - limit} more shape/dtype differences")
   return msgs
 
 
-def _validate(meta: dict, where: str, abstract_params: Any, abstract_opt_state: Any, space: Any) -> None:
+def _validate(
+  meta: dict, where: str, abstract_params: Any, abstract_opt_state: Any, space: Any
+) -> None:
   if meta.get("format") != FORMAT:
-    raise CheckpointMismatchError(f"{where}: not a hesso_jax checkpoint (format {meta.get('format')!r})")
+    raise CheckpointMismatchError(
+      f"{where}: not a hesso_jax checkpoint (format {meta.get('format')!r})"
+    )
   tgt = _state_summary(abstract_opt_state)
   problems = []
   if meta["num_groups"] != tgt["num_groups"]:
     problems.append(
-        f"search space mismatch: the checkpoint was saved with num_groups={meta['num_groups']} "
-        f"({meta['state_type']}), the target optimizer state has num_groups={tgt['num_groups']} "
-        f"({tgt['state_type']}); build the optimizer with the search space used for training")
+      f"search space mismatch: the checkpoint was saved with num_groups={meta['num_groups']} "
+      f"({meta['state_type']}), the target optimizer state has num_groups={tgt['num_groups']} "
+      f"({tgt['state_type']}); build the optimizer with the search space used for training"
+    )
   elif meta["state_type"] != tgt["state_type"]:
-    problems.append(f"optimizer mismatch: the checkpoint holds a {meta['state_type']}, the target "
-                    f"a {tgt['state_type']}")
+    problems.append(
+      f"optimizer mismatch: the checkpoint holds a {meta['state_type']}, the target "
+      f"a {tgt['state_type']}"
+    )
   if space is not None and meta.get("space") is not None:
     a, b = meta["space"], space_fingerprint(space)
     if a["sha256"] != b["sha256"]:
-      lines = [f"search space mismatch: checkpoint space {a['sha256']} ({a['num_groups']} groups, "
-               f"{len(a['spaces'])} channel spaces) != given space {b['sha256']} ({b['num_groups']} "
-               f"groups, {len(b['spaces'])} channel spaces)"]
-      for i, (x, y) in enumerate(zip(a["spaces"], b["spaces"])):
+      lines = [
+        f"search space mismatch: checkpoint space {a['sha256']} ({a['num_groups']} groups, "
+        f"{len(a['spaces'])} channel spaces) != given space {b['sha256']} ({b['num_groups']} "
+        f"groups, {len(b['spaces'])} channel spaces)"
+      ]
+      pairs = zip(a["spaces"], b["spaces"], strict=False)  # the counts may differ
+      for i, (x, y) in enumerate(pairs):
         if list(x) != list(y):
-          lines.append(f"  space #{i}: checkpoint {x[0]} size={x[1]} prunable={x[2]}; given {y[0]} "
-                       f"size={y[1]} prunable={y[2]}")
+          lines.append(
+            f"  space #{i}: checkpoint {x[0]} size={x[1]} prunable={x[2]}; given {y[0]} "
+            f"size={y[1]} prunable={y[2]}"
+          )
           if len(lines) > 6:
             break
       if len(a["spaces"]) != len(b["spaces"]):
@@ -154,11 +179,14 @@ def _validate(meta: dict, where: str, abstract_params: Any, abstract_opt_state: 
   if not problems:
     tdef = str(jax.tree_util.tree_structure(abstract_opt_state))
     if tdef != meta["opt_state_treedef"]:
-      problems.append("opt_state: same leaves but a different tree structure:\n  checkpoint: "
-                      f"{meta['opt_state_treedef'][:400]}\n  target:     {tdef[:400]}")
+      problems.append(
+        "opt_state: same leaves but a different tree structure:\n  checkpoint: "
+        f"{meta['opt_state_treedef'][:400]}\n  target:     {tdef[:400]}"
+      )
   if problems:
-    raise CheckpointMismatchError(f"{where}: the restore target does not match the checkpoint:\n- "
-                                  + "\n- ".join(problems))
+    raise CheckpointMismatchError(
+      f"{where}: the restore target does not match the checkpoint:\n- " + "\n- ".join(problems)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,22 +194,49 @@ def _validate(meta: dict, where: str, abstract_params: Any, abstract_opt_state: 
 # ----------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(directory: Any, step: int, params: Any, opt_state: Any, *, space: Any = None,
-                    max_to_keep: int | None = None) -> str:
+def save_checkpoint(
+  directory: Any,
+  step: int,
+  params: Any,
+  opt_state: Any,
+  *,
+  space: Any = None,
+  max_to_keep: int | None = None,
+) -> str:
   """Save ``(params, opt_state)`` as checkpoint ``step`` under ``directory`` (blocking).
 
   Sharded arrays are written by every process for its own shards (orbax), so on a multi-host
   mesh every host calls this with its global arrays. ``space`` (optional) is fingerprinted so a
   restore with a different search space is caught even when the group count agrees.
   Returns the checkpoint's path.
+
+  Example (an Adam state; restore into the same structure):
+
+  >>> import tempfile
+  >>> import jax.numpy as jnp, optax
+  >>> import hesso_jax as hj
+  >>> params = {"w": jnp.arange(6.0).reshape(3, 2)}
+  >>> state = optax.adam(1e-3).init(params)
+  >>> ckpt_dir = tempfile.mkdtemp()
+  >>> _ = hj.save_checkpoint(ckpt_dir, 10, params, state)
+  >>> hj.latest_step(ckpt_dir)
+  10
+  >>> params2, state2 = hj.restore_checkpoint(ckpt_dir, None, params, state)
+  >>> params2["w"].tolist()
+  [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
   """
   ocp = _ocp()
   mngr = _manager(directory, max_to_keep=max_to_keep)
   try:
-    mngr.save(int(step), args=ocp.args.Composite(
+    mngr.save(
+      int(step),
+      args=ocp.args.Composite(
         params=ocp.args.StandardSave(params),
         opt_state=ocp.args.StandardSave(opt_state),
-        hesso_meta=ocp.args.JsonSave(_meta(step, params, opt_state, space))), force=True)
+        hesso_meta=ocp.args.JsonSave(_meta(step, params, opt_state, space)),
+      ),
+      force=True,
+    )
     mngr.wait_until_finished()
   finally:
     mngr.close()
@@ -205,16 +260,23 @@ def checkpoint_metadata(directory: Any, step: int) -> dict:
   mngr = _manager(directory, read_only=True)
   try:
     if step not in mngr.all_steps():
-      raise FileNotFoundError(f"no checkpoint for step {step} under {directory} (have "
-                              f"{sorted(mngr.all_steps())})")
+      raise FileNotFoundError(
+        f"no checkpoint for step {step} under {directory} (have {sorted(mngr.all_steps())})"
+      )
     out = mngr.restore(int(step), args=ocp.args.Composite(hesso_meta=ocp.args.JsonRestore()))
     return dict(out["hesso_meta"])
   finally:
     mngr.close()
 
 
-def restore_checkpoint(directory: Any, step: int | None, abstract_params: Any, abstract_opt_state: Any,
-                       *, space: Any = None) -> tuple[Any, Any]:
+def restore_checkpoint(
+  directory: Any,
+  step: int | None,
+  abstract_params: Any,
+  abstract_opt_state: Any,
+  *,
+  space: Any = None,
+) -> tuple[Any, Any]:
   """Restore ``(params, opt_state)`` of checkpoint ``step`` (None: the latest) into the targets.
 
   ``abstract_params`` / ``abstract_opt_state`` are trees of ``jax.ShapeDtypeStruct`` (or arrays)
@@ -238,8 +300,12 @@ def restore_checkpoint(directory: Any, step: int | None, abstract_params: Any, a
   _validate(meta, where, abs_p, abs_s, space)
   mngr = _manager(directory, read_only=True)
   try:
-    out = mngr.restore(int(step), args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abs_p), opt_state=ocp.args.StandardRestore(abs_s)))
+    out = mngr.restore(
+      int(step),
+      args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abs_p), opt_state=ocp.args.StandardRestore(abs_s)
+      ),
+    )
   finally:
     mngr.close()
   return out["params"], out["opt_state"]

@@ -7,9 +7,9 @@ small all-reduce of ``(num_groups,)`` vectors). What users need is the *optimize
 shardings, to pass as ``out_shardings`` to a jitted ``init`` / step and as the target of a
 sharded checkpoint restore. :func:`opt_state_shardings` derives them from the params':
 
-* a state leaf that mirrors a parameter (Adam's ``mu``/``nu``, momentum traces, HESSO-CRIC's
-  parameter cache ...) gets that parameter's sharding: it is found by key path (the state leaf's
-  path *ends with* the parameter's path) and must have the parameter's shape;
+* a state subtree that mirrors the parameters (Adam's ``mu``/``nu``, momentum traces,
+  HESSO-CRIC's parameter cache ...: the params' tree structure and leaf shapes) gets the
+  parameters' shardings, leaf by leaf (``optax.tree_utils.tree_map_params``);
 * everything else (step counts, the ``(num_groups,)`` redundant/pruned masks, CRIC's score
   vectors and loss ratios, scalars) is replicated over the mesh.
 
@@ -25,21 +25,24 @@ Typical use (FSDP over ``'data'``, tensor parallel over ``'model'``)::
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from hesso_jax.space import leaves_with_paths, normalize_path, path_str
+from hesso_jax._opt_trees import map_param_trees
+from hesso_jax._paths import leaves_with_paths, normalize_path, path_str
 
 __all__ = [
-    "param_shardings",
-    "opt_state_shardings",
-    "abstract_opt_state",
-    "abstract_like",
-    "replicated",
-    "sharded_init",
+  "param_shardings",
+  "opt_state_shardings",
+  "abstract_opt_state",
+  "abstract_like",
+  "replicated",
+  "sharded_init",
 ]
 
 
@@ -55,9 +58,15 @@ def _axis_size(mesh: Mesh, axis: str | tuple | None) -> int:
   return int(np.prod([mesh.shape[a] for a in names]))
 
 
-def param_shardings(params: Any, mesh: Mesh, *, fsdp_axis: str | tuple | None = "data",
-                    tp_axis: str | tuple | None = "model", min_size: int = 0,
-                    rules: Callable[[tuple, tuple], P | None] | None = None) -> Any:
+def param_shardings(
+  params: Any,
+  mesh: Mesh,
+  *,
+  fsdp_axis: str | tuple | None = "data",
+  tp_axis: str | tuple | None = "model",
+  min_size: int = 0,
+  rules: Callable[[tuple, tuple], P | None] | None = None,
+) -> Any:
   """A default FSDP + tensor-parallel ``NamedSharding`` for every leaf of ``params``.
 
   For a leaf of rank >= 2 the *last* axis (a kernel's output features, the usual channel axis) is
@@ -74,16 +83,16 @@ def param_shardings(params: Any, mesh: Mesh, *, fsdp_axis: str | tuple | None = 
   tp_axis = tp_axis if (tp_axis is not None and _in_mesh(mesh, tp_axis)) else None
   nf, nt = _axis_size(mesh, fsdp_axis), _axis_size(mesh, tp_axis)
 
-  def leaf(path, x):
+  def leaf(path: Any, x: Any) -> NamedSharding:
     shape = tuple(np.shape(x))
     p = normalize_path(path)
     if rules is not None:
-      spec = rules(p, shape)
-      if spec is not None:
-        return NamedSharding(mesh, spec)
+      override = rules(p, shape)
+      if override is not None:
+        return NamedSharding(mesh, override)
     if len(shape) == 0 or int(np.prod(shape)) < min_size:
       return NamedSharding(mesh, P())
-    spec: list = [None] * len(shape)
+    spec: list[Any] = [None] * len(shape)
     last = len(shape) - 1
     if tp_axis is not None and nt > 1 and shape[last] % nt == 0:
       spec[last] = tp_axis
@@ -102,12 +111,16 @@ def _in_mesh(mesh: Mesh, axis) -> bool:
   return all(a in mesh.axis_names for a in names)
 
 
-def _sharding_of(x: Any):
-  s = getattr(x, "sharding", None)
-  return s
+def _sharding_of(x: Any) -> Any:
+  return getattr(x, "sharding", None)
 
 
-def _find_mesh(shardings: list) -> Mesh | None:
+def _shape_structs(tree: Any) -> Any:
+  """``tree`` as unsharded ``jax.ShapeDtypeStruct`` leaves (what ``tx.init`` is traced on)."""
+  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+
+
+def _find_mesh(shardings: list) -> Any:
   for s in shardings:
     if isinstance(s, NamedSharding):
       return s.mesh
@@ -118,13 +131,16 @@ def abstract_like(tree: Any, shardings: Any = None) -> Any:
   """``tree`` as ``jax.ShapeDtypeStruct`` leaves carrying ``shardings`` (or each leaf's own)."""
   if shardings is None:
     return jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=_sharding_of(x)), tree)
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=_sharding_of(x)), tree
+    )
   return jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings)
+    lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings
+  )
 
 
-def opt_state_shardings(tx: Any, params: Any, mesh: Mesh | None = None, *,
-                        param_shardings: Any = None) -> Any:
+def opt_state_shardings(
+  tx: Any, params: Any, mesh: Mesh | None = None, *, param_shardings: Any = None
+) -> Any:
   """Shardings for ``tx.init(params)``'s state, derived from the params' shardings.
 
   Args:
@@ -136,8 +152,8 @@ def opt_state_shardings(tx: Any, params: Any, mesh: Mesh | None = None, *,
     param_shardings: a tree of shardings like ``params``, overriding the leaves' own.
 
   Returns:
-    A tree of shardings with the structure of the optimizer state. Leaves that mirror a
-    parameter (same key-path suffix and same shape) get the parameter's sharding; all others
+    A tree of shardings with the structure of the optimizer state. Subtrees that mirror the
+    params (same tree structure and leaf shapes) get the params' shardings; all other leaves
     (counts, the ``(num_groups,)`` masks, CRIC statistics, scalars) are replicated.
   """
   if param_shardings is None:
@@ -145,11 +161,12 @@ def opt_state_shardings(tx: Any, params: Any, mesh: Mesh | None = None, *,
   p_leaves = leaves_with_paths(params)
   s_flat = jax.tree_util.tree_leaves(param_shardings, is_leaf=lambda x: x is None)
   if len(s_flat) != len(p_leaves) or any(s is None for s in s_flat):
-    missing = [path_str(p) for (p, _), s in zip(p_leaves, s_flat) if s is None][:5]
+    missing = [path_str(p) for (p, _), s in zip(p_leaves, s_flat, strict=False) if s is None][:5]
     raise ValueError(
-        "opt_state_shardings: every parameter needs a sharding (arrays carry one; give "
-        "jax.ShapeDtypeStruct(..., sharding=...) leaves or param_shardings=); missing for: "
-        f"{', '.join(missing) or '(structure mismatch between params and param_shardings)'}")
+      "opt_state_shardings: every parameter needs a sharding (arrays carry one; give "
+      "jax.ShapeDtypeStruct(..., sharding=...) leaves or param_shardings=); missing for: "
+      f"{', '.join(missing) or '(structure mismatch between params and param_shardings)'}"
+    )
   if mesh is None:
     mesh = _find_mesh(s_flat)
   if mesh is not None:
@@ -160,36 +177,24 @@ def opt_state_shardings(tx: Any, params: Any, mesh: Mesh | None = None, *,
       raise ValueError("opt_state_shardings: the params are not NamedSharding-sharded; pass mesh=")
     rep = s_flat[0]
 
-  by_path = {p: (tuple(np.shape(x)), s) for (p, x), s in zip(p_leaves, s_flat)}
-  # longest parameter paths first, so a state leaf matches the most specific parameter
-  plist = sorted(by_path, key=len, reverse=True)
-  abstract_params = jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
-  state_shapes = jax.eval_shape(tx.init, abstract_params)
-
-  def leaf(path, x):
-    sp = normalize_path(path)
-    shape = tuple(np.shape(x))
-    for pp in plist:
-      k = len(pp)
-      if k <= len(sp) and sp[len(sp) - k:] == pp and by_path[pp][0] == shape:
-        return by_path[pp][1]
-    return rep
-
-  return jax.tree_util.tree_map_with_path(leaf, state_shapes)
+  state_shapes = jax.eval_shape(tx.init, _shape_structs(params))
+  return map_param_trees(
+    lambda _, sh: sh, state_shapes, params, param_shardings, transform_non_params=lambda _: rep
+  )
 
 
-def abstract_opt_state(tx: Any, params: Any, mesh: Mesh | None = None, *,
-                       param_shardings: Any = None) -> Any:
+def abstract_opt_state(
+  tx: Any, params: Any, mesh: Mesh | None = None, *, param_shardings: Any = None
+) -> Any:
   """``jax.ShapeDtypeStruct`` tree of ``tx.init(params)`` with :func:`opt_state_shardings`.
 
   The restore target for a sharded checkpoint (see :func:`hesso_jax.restore_checkpoint`).
   """
   sh = opt_state_shardings(tx, params, mesh, param_shardings=param_shardings)
-  shapes = jax.eval_shape(
-      tx.init, jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params))
+  shapes = jax.eval_shape(tx.init, _shape_structs(params))
   return jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, sh)
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, sh
+  )
 
 
 def sharded_init(tx: Any, params: Any, mesh: Mesh | None = None) -> Any:

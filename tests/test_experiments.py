@@ -227,14 +227,11 @@ def _members(space):
                                         ("mnist1d_mlp", (2, 40, 1))])
 def test_hand_written_spaces_match_discovery(task, shape):
   import hesso_jax as hj
-  from experiments import hj_compat as H
-  if not hasattr(hj, "discover"):
-    pytest.skip("hj.discover has not landed")
   m = M.get_model(task)
   x = np.zeros(shape, np.float32)
   v = jax.eval_shape(lambda: T.init_variables(m, x))
-  manual = H.manual_space(task, m, v)
-  found = hj.discover(lambda v, xb: m.apply(v, xb, train=False), v, x)
+  manual = M.manual_space(task, m, v)
+  found = hj.discover(M.inference_fn(m), v, x)
   assert _members(manual) == _members(found)
 
 

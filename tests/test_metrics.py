@@ -145,3 +145,40 @@ def test_sparsity_report():
   assert small_c["params"] == full_c["params"] - 2 * (3 + 1 + 2)
   assert small_c["flops"] == full_c["flops"] * 4 / 6
   chex.assert_trees_all_close(f(small, x), f(vz, x), atol=1e-5)
+
+
+def test_count_units_macs_and_params_only_against_hand_counts():
+  """A linen CNN with batch norm, counted every way, against a hand count.
+
+  conv 3x3, 3 -> 4 channels, SAME, on 6x6: 6*6*4 outputs x 3*3*3 MACs each; dense 4 -> 2: 2*4
+  MACs per example. Parameters: conv 3*3*3*4 + 4, BN scale/bias 4 + 4, dense 4*2 + 2; buffers:
+  BN mean/var 4 + 4.
+  """
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.Conv(4, (3, 3))(x)
+      x = nn.BatchNorm(use_running_average=True)(x)
+      return nn.Dense(2)(x.mean(axis=(1, 2)))
+
+  net, batch = Net(), 3
+  x = S((batch, 6, 6, 3), F32)
+  v = jax.eval_shape(net.init, jax.random.PRNGKey(0), x)
+  macs = batch * (6 * 6 * 4 * 3 * 3 * 3 + 4 * 2)
+  params, buffers = (3 * 3 * 3 * 4 + 4) + (4 + 4) + (4 * 2 + 2), 4 + 4
+  assert hj.count(net.apply, v, x, unit="macs") == {"params": params + buffers, "macs": macs}
+  assert hj.count(net.apply, v, x, params_only=True) == {"params": params, "flops": 2.0 * macs}
+  assert hj.count_flops(net.apply, v, x, unit="macs") == macs
+  assert hj.count_flops(net.apply, v, x) == 2 * hj.count_flops(net.apply, v, x, unit="macs")
+
+
+def test_count_unit_errors():
+  p = {"w": S((5, 3), F32), "b": S((3,), F32)}
+  x = S((2, 5), F32)
+  with pytest.raises(ValueError, match="unit must be one of"):
+    hj.count(_dense, p, x, unit="gflops")
+  with pytest.raises(ValueError, match="elementwise"):
+    hj.count(_dense, p, x, unit="macs", elementwise=True)
+  with pytest.raises(TypeError, match="unit must be a str"):
+    hj.count_flops(_dense, p, x, unit=2)

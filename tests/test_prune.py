@@ -339,3 +339,54 @@ def test_prune_opt_state_hesso_state_reindexed():
                  warmup_steps=0, pruning_steps=2)
   upd, _ = tx2.update(jax.tree_util.tree_map(jnp.ones_like, small), small_state, small)
   chex.assert_trees_all_equal_shapes(upd, small)
+
+
+def test_rebase_and_canonical_respell_nnx_value_paths():
+  v = _mlp_vars()
+  space = _mlp_space(v).subtree("params")
+  nnx_like = jax.tree_util.tree_map(lambda x: {"value": x}, v["params"])  # '.../kernel/value'
+  rebased = space.rebase(nnx_like)
+  assert all(p[-1] == "value" for p in rebased.paths())
+  assert rebased.rebase(v["params"]).paths() == space.paths()  # and back
+  assert rebased.canonical().paths() == space.paths()
+  assert space.rebase(v["params"]) is space and space.canonical() is space
+  rebased.validate(nnx_like)
+  np.testing.assert_array_equal(rebased.group_norms(nnx_like), space.group_norms(v["params"]))
+  # a path that no spelling matches is left as it is (validate names it)
+  assert space.rebase({"other": jnp.zeros(3)}) is space
+
+
+def test_space_labels_are_unique():
+  a = C(2, (A("a", 0),), name="x")
+  b = C(3, (A("b", 0),), name="x")
+  c = C(1, (A("c", 0),), prunable=False, reason="r")
+  space = hj.SearchSpace((a, c, b))
+  assert space.labels() == ["x#0", "c[0]", "x#1"]
+  assert space.labels(prunable_only=True) == ["x#0", "x#1"]
+
+
+def test_prune_opt_state_via_tx_init_equals_structural_match():
+  v = _mlp_vars()
+  space = _mlp_space(v).subtree("params")
+  params = space.zero_groups(v["params"], jnp.array([0, 3, 12]))
+  tx = optax.chain(optax.add_decayed_weights(1e-4), optax.adam(1e-2))
+  state = tx.init(params)
+  _, state = tx.update(jax.tree_util.tree_map(jnp.ones_like, params), state, params)
+  keep = hj.surgery.resolve_keep(space, params)
+  by_tx = hj.prune_opt_state(state, params, space, keep, tx=tx)
+  by_structure = hj.prune_opt_state(state, params, space, keep)
+  chex.assert_trees_all_equal(by_tx, by_structure)
+  chex.assert_trees_all_equal_shapes(by_tx[1][0].mu, hj.prune(params, space))
+
+
+def test_wrong_types_raise_type_error_naming_the_function():
+  v = _mlp_vars()
+  space = _mlp_space(v)
+  keep = np.ones(space.num_groups, bool)
+  for fn, args in ((hj.prune, (v, "space")), (hj.prune_like, (v, {}, keep)),
+                   (hj.prune_space, ([], keep)), (hj.kept_sizes, (None, keep)),
+                   (hj.sparsity_report, (space.channel_spaces, v))):
+    with pytest.raises(TypeError, match=f"{fn.__name__}: space must be a hesso_jax.SearchSpace"):
+      fn(*args)
+  with pytest.raises(TypeError, match="prune_nnx: model must be an nnx.Module"):
+    hj.prune_nnx(v, space)

@@ -22,7 +22,7 @@ from jax import lax
 from hesso_jax import _jaxpr as J
 from hesso_jax.discovery.analysis import Analysis, Visit, analyse
 from hesso_jax.space import SearchSpace
-from hesso_jax.surgery.prune import resolve_keep
+from hesso_jax.surgery._keep import resolve_keep
 
 
 class _Shrink:

@@ -32,17 +32,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from hesso_jax.space import SearchSpace, leaves_with_paths, normalize_path, path_str
-from hesso_jax.surgery.prune import (
-    _NNX_SUFFIX,
-    _slice_leaf,
-    axis_plan,
-    canonical_space,
-    check_keep,
-    kept_sizes,
-    rebase_space,
-    resolve_keep,
-)
+from hesso_jax._paths import leaves_with_paths, normalize_path, path_str, spellings
+from hesso_jax.space import SearchSpace, require_space
+from hesso_jax.surgery._keep import check_keep, resolve_keep
+from hesso_jax.surgery._plan import axis_plan, kept_sizes, slice_leaf
+
+__all__ = ["apply_manifest", "load_manifest", "make_manifest", "save_manifest"]
 
 MANIFEST_FORMAT = "hesso_jax.manifest"
 MANIFEST_VERSION = 1
@@ -55,6 +50,7 @@ def make_manifest(space: SearchSpace, keep: Any = None, variables: Any = None) -
   ``variables`` is given, the old full shapes are recorded too and the space is checked
   against them.
   """
+  require_space(space, "make_manifest")
   if keep is None:
     if variables is None:
       raise ValueError("make_manifest: keep=None needs variables to compute group norms")
@@ -62,9 +58,9 @@ def make_manifest(space: SearchSpace, keep: Any = None, variables: Any = None) -
   k = check_keep(space, keep)
   shapes = {}
   if variables is None:
-    space = canonical_space(space)
+    space = space.canonical()
   else:
-    space = rebase_space(space, variables)
+    space = space.rebase(variables)
     shapes = {p: tuple(int(d) for d in np.shape(x)) for p, x in leaves_with_paths(variables)}
   plan = axis_plan(space, k)
   params = {}
@@ -73,21 +69,24 @@ def make_manifest(space: SearchSpace, keep: Any = None, variables: Any = None) -
     for a, m in axes.items():
       if old_shape is not None and (a >= len(old_shape) or old_shape[a] != m.shape[0]):
         raise ValueError(
-            f"make_manifest: {path_str(p)} has shape {old_shape}; the search space expects axis "
-            f"{a} of length {m.shape[0]}")
+          f"make_manifest: {path_str(p)} has shape {old_shape}; the search space expects axis "
+          f"{a} of length {m.shape[0]}"
+        )
     params[path_str(p)] = {
-        "old_shape": list(old_shape) if old_shape is not None else None,
-        "axes": {str(a): {"old": int(m.shape[0]), "kept": [int(i) for i in np.flatnonzero(m)]}
-                 for a, m in sorted(axes.items())},
+      "old_shape": list(old_shape) if old_shape is not None else None,
+      "axes": {
+        str(a): {"old": int(m.shape[0]), "kept": [int(i) for i in np.flatnonzero(m)]}
+        for a, m in sorted(axes.items())
+      },
     }
   return {
-      "format": MANIFEST_FORMAT,
-      "version": MANIFEST_VERSION,
-      "num_groups": int(space.num_groups),
-      "num_kept": int(k.sum()),
-      "keep": [bool(b) for b in k],
-      "spaces": {lab: [o, n] for lab, (o, n) in kept_sizes(space, k).items()},
-      "params": params,
+    "format": MANIFEST_FORMAT,
+    "version": MANIFEST_VERSION,
+    "num_groups": int(space.num_groups),
+    "num_kept": int(k.sum()),
+    "keep": [bool(b) for b in k],
+    "spaces": {lab: [o, n] for lab, (o, n) in kept_sizes(space, k).items()},
+    "params": params,
   }
 
 
@@ -96,8 +95,9 @@ def _check_manifest(manifest: dict) -> None:
     raise ValueError("not a hesso_jax manifest (missing format field)")
   if manifest.get("version") != MANIFEST_VERSION:
     raise ValueError(
-        f"unsupported manifest version {manifest.get('version')!r} (this hesso_jax reads "
-        f"version {MANIFEST_VERSION})")
+      f"unsupported manifest version {manifest.get('version')!r} (this hesso_jax reads "
+      f"version {MANIFEST_VERSION})"
+    )
 
 
 def apply_manifest(manifest: dict, variables: Any, *, strict: bool = True) -> Any:
@@ -113,15 +113,13 @@ def apply_manifest(manifest: dict, variables: Any, *, strict: bool = True) -> An
   plan = {}
   for ps, e in entries.items():
     plan[ps] = {int(a): _mask(int(d["old"]), d["kept"]) for a, d in e["axes"].items()}
-  alias = dict((k, k) for k in plan)
+  alias = {k: k for k in plan}  # exact spellings first, then nnx's with / without 'value'
   for k in plan:
-    if k.endswith("/" + _NNX_SUFFIX):
-      alias.setdefault(k[:-len(_NNX_SUFFIX) - 1], k)
-    else:
-      alias.setdefault(k + "/" + _NNX_SUFFIX, k)
+    for spelling in spellings(normalize_path(k)):
+      alias.setdefault(path_str(spelling), k)
   used = set()
 
-  def leaf_fn(kp, x):
+  def leaf_fn(kp: Any, x: Any) -> Any:
     ps = path_str(normalize_path(kp))
     key = alias.get(ps)
     if key is None:
@@ -130,16 +128,18 @@ def apply_manifest(manifest: dict, variables: Any, *, strict: bool = True) -> An
     old_shape = entries[key].get("old_shape")
     if old_shape is not None and tuple(np.shape(x)) != tuple(old_shape):
       raise ValueError(
-          f"apply_manifest: {ps} has shape {tuple(np.shape(x))} but the manifest was made for "
-          f"{tuple(old_shape)}")
-    return _slice_leaf(x, plan[key], ps)
+        f"apply_manifest: {ps} has shape {tuple(np.shape(x))} but the manifest was made for "
+        f"{tuple(old_shape)}"
+      )
+    return slice_leaf(x, plan[key], ps)
 
   out = jax.tree_util.tree_map_with_path(leaf_fn, variables)
   missing = set(plan) - used
   if strict and missing:
     raise ValueError(
-        f"apply_manifest: manifest paths not found in variables: {sorted(missing)[:8]} (pass "
-        "strict=False to skip them)")
+      f"apply_manifest: manifest paths not found in variables: {sorted(missing)[:8]} (pass "
+      "strict=False to skip them)"
+    )
   return out
 
 
