@@ -36,7 +36,7 @@ import numpy as np
 KINDS = ("hesso", "cric")
 BATCH = 32  # global batch; every process of a 2-process run feeds 16 rows
 READY = "READY_TO_BE_KILLED"
-TIMEOUT_S = 240  # hard limit per phase; every subprocess is killed when it is reached
+TIMEOUT_S = 600  # hard limit per phase (a loaded 2-core machine); every process is killed at it
 LOCAL_DEVICES = {"train": 4, "resume": 4, "single": 8}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _T0 = time.monotonic()
@@ -271,8 +271,24 @@ def phase_restore(workdir: str, phase: str) -> dict:
   return view
 
 
+def _watchdog(limit_s: float) -> None:
+  """Exit hard when the driver is gone (orphaned) or after ``limit_s``: never a leftover process."""
+  import threading
+
+  parent = os.getppid()
+
+  def watch():
+    while time.monotonic() - _T0 < limit_s and os.getppid() == parent:
+      time.sleep(0.5)
+    print("watchdog: driver gone or time limit reached; exiting", flush=True)
+    os._exit(3)
+
+  threading.Thread(target=watch, daemon=True).start()
+
+
 def worker_main(argv: list[str]) -> None:
   phase, workdir, pid, port = argv[0], argv[1], int(argv[2]), int(argv[3])
+  _watchdog(TIMEOUT_S + 30)
   jax = _start_jax(phase, pid, port)
   _log(f"{phase}: jax started, {jax.process_count()} process(es), {jax.device_count()} devices")
   view = phase_train(workdir) if phase == "train" else phase_restore(workdir, phase)
