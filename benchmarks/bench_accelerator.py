@@ -1,4 +1,4 @@
-"""HESSO / HESSO-CRIC on whatever accelerator is present: step time per phase, memory, compile, inference.
+"""HESSO / HESSO-CRIC on the accelerator at hand: step time per phase, memory, compile, inference.
 
 Two models with synthetic data: a ResNet-50-shaped CNN (flax.linen, bottleneck blocks 3/4/6/3,
 BatchNorm in train mode, fp32, 224x224x3) and a ~1B-parameter Llama-shaped decoder
@@ -21,7 +21,7 @@ layers stacked with ``nnx.scan``). For each model it measures
     ratio (``hj.count``).
 
     python -m benchmarks.bench_accelerator            # the full run (one GPU: < 8 min)
-    python -m benchmarks.bench_accelerator --tiny     # tiny shapes, one sparsity (50%): CPU smoke run
+    python -m benchmarks.bench_accelerator --tiny     # tiny shapes, one sparsity: CPU smoke run
 
 Writes ``results/bench_accelerator.json`` (or ``--out``) and prints readable tables. A time
 budget (``--budget-s``) skips the remaining inference variants (recorded as skipped) rather than
@@ -73,7 +73,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNet50(nn.Module):
-  """ResNet-50's shape (stem 7x7/2 + max-pool, stages of bottlenecks); widths and depths settable."""
+  """ResNet-50's shape (stem 7x7/2 + max-pool, stages of bottlenecks); widths, depths settable."""
 
   widths: tuple = (64, 128, 256, 512)
   depths: tuple = (3, 4, 6, 3)
@@ -94,11 +94,13 @@ SHAPES = {
     "full": dict(resnet=dict(widths=(64, 128, 256, 512), depths=(3, 4, 6, 3), classes=1000,
                              image=224, batch=64),
                  llama=dict(config="1B", batch=8, seq=512), reps=10,
-                 sparsities=(0.3, 0.5, 0.7), multiples=(1, 8, 128)),
-    # every code path, smallest shapes: two bottleneck stages, one sparsity
+                 sparsities=(0.3, 0.5, 0.7), multiples=(1, 8, 128), xla_options={}),
+    # every code path, smallest shapes: two bottleneck stages, one sparsity; XLA's backend
+    # optimisation off (halves CPU compile time; tiny timings mean nothing anyway)
     "tiny": dict(resnet=dict(widths=(4, 8), depths=(1, 1), classes=10, image=16, batch=2),
                  llama=dict(config="tiny", batch=2, seq=8), reps=2,
-                 sparsities=(0.5,), multiples=(1, 8, 128)),
+                 sparsities=(0.5,), multiples=(1, 8, 128),
+                 xla_options={"xla_backend_optimization_level": 0}),
 }
 
 
@@ -225,7 +227,8 @@ def _log(msg: str) -> None:
 
 
 def _nbytes(tree) -> int:
-  return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(tree)))
+  leaves = jax.tree_util.tree_leaves(tree)
+  return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in leaves))
 
 
 def _peak_bytes() -> int | None:
@@ -233,12 +236,12 @@ def _peak_bytes() -> int | None:
   return None if not stats or "peak_bytes_in_use" not in stats else int(stats["peak_bytes_in_use"])
 
 
-def compile_step(task: Task, tx, state) -> tuple[Callable, dict]:
+def compile_step(task: Task, tx, state, xla_options: dict) -> tuple[Callable, dict]:
   """AOT-compile the step; its compile time and ``memory_analysis()``."""
   t0 = time.perf_counter()
   lowered = jax.jit(_step_fn(task, tx)).lower(task.params, task.extra, state, *task.batch)
   t1 = time.perf_counter()
-  compiled = lowered.compile()
+  compiled = lowered.compile(xla_options)
   t2 = time.perf_counter()
   info = {"lower_s": t1 - t0, "compile_s": t2 - t1}
   try:
@@ -252,10 +255,11 @@ def compile_step(task: Task, tx, state) -> tuple[Callable, dict]:
   return compiled, info
 
 
-def train_section(task: Task, reps: int) -> tuple[list, list]:
+def train_section(task: Task, shapes: dict) -> tuple[list, list]:
   """Rows of (a) per phase and rows of (b)+(c) per variant."""
+  reps, opts = shapes["reps"], shapes["xla_options"]
   plain_tx = make_tx("plain", task.space)
-  plain, info = compile_step(task, plain_tx, plain_tx.init(task.params))
+  plain, info = compile_step(task, plain_tx, plain_tx.init(task.params), opts)
   p_state = plain_tx.init(task.params)
   p_args = (task.params, task.extra, p_state)
   jax.block_until_ready(plain(*p_args, *task.batch))
@@ -266,7 +270,7 @@ def train_section(task: Task, reps: int) -> tuple[list, list]:
   for kind in ("hesso", "cric"):
     tx = make_tx(kind, task.space)
     state = tx.init(task.params)
-    fn, info = compile_step(task, tx, state)
+    fn, info = compile_step(task, tx, state, opts)
     params, extra, seen, t = task.params, task.extra, set(), 0
     while True:
       out = fn(params, extra, state, *task.batch)
@@ -288,7 +292,8 @@ def train_section(task: Task, reps: int) -> tuple[list, list]:
       t += 1
     _log(f"{task.name} {kind}: compile {info['compile_s']:.1f}s, {t} steps")
     mem_rows.append(dict(model=task.name, variant=kind, state_bytes=_nbytes(state),
-                         peak_bytes=_peak_bytes(), pruned=int(np.sum(np.asarray(hj.pruned_mask(state)))),
+                         peak_bytes=_peak_bytes(),
+                         pruned=int(np.sum(np.asarray(hj.pruned_mask(state)))),
                          num_groups=int(task.space.num_groups), **info))
     del state, out, params
   return phase_rows, mem_rows
@@ -312,7 +317,7 @@ def lowest_norm_keep(space, params, sparsity: float) -> np.ndarray:
 
 def inference_section(task: Task, shapes: dict, deadline: float) -> list:
   variables = task.merge(task.params, task.extra)
-  full = jax.jit(task.infer)
+  full = jax.jit(task.infer, compiler_options=shapes["xla_options"])
   full_flops = hj.count(task.infer, variables, task.infer_x)["flops"]
   rows = []
   reps = shapes["reps"]
@@ -328,7 +333,7 @@ def inference_section(task: Task, shapes: dict, deadline: float) -> list:
         warnings.simplefilter("ignore")  # dropped groups are exactly zero; nothing to warn about
         small_fn, small = hj.compress(task.infer, z, task.infer_space, task.infer_x, keep=keep,
                                       multiple_of=m)
-      small_jit = jax.jit(small_fn)
+      small_jit = jax.jit(small_fn, compiler_options=shapes["xla_options"])
       ref = full(z, task.infer_x)  # the masked model: the function compress must keep
       err = float(jnp.max(jnp.abs(small_jit(small, task.infer_x).astype(jnp.float32)
                                   - ref.astype(jnp.float32))))
@@ -355,16 +360,18 @@ def run(tiny: bool, models: list[str], budget_s: float) -> dict:
   shapes = SHAPES["tiny" if tiny else "full"]
   t_start = time.perf_counter()
   deadline = t_start + budget_s
-  out = {"mode": "tiny" if tiny else "full", "phase_rows": [], "memory_rows": [],
+  out = {"mode": "tiny" if tiny else "full", "xla_options": shapes["xla_options"],
+         "phase_rows": [], "memory_rows": [],
          "inference_rows": [], "models": {}}
   for name in models:
     t0 = time.perf_counter()
     task = resnet_task(shapes["resnet"]) if name == "resnet" else llama_task(shapes["llama"])
-    out["models"][task.name] = dict(params=int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(task.params))),
-                                    num_groups=int(task.space.num_groups), setup_s=time.perf_counter() - t0,
+    n = int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(task.params)))
+    out["models"][task.name] = dict(params=n, num_groups=int(task.space.num_groups),
+                                    setup_s=time.perf_counter() - t0,
                                     prunable_spaces=len(task.space.prunable_spaces))
     _log(f"{task.name}: set up in {time.perf_counter() - t0:.1f}s")
-    ph, mem = train_section(task, shapes["reps"])
+    ph, mem = train_section(task, shapes)
     out["phase_rows"] += ph
     out["memory_rows"] += mem
     out["inference_rows"] += inference_section(task, shapes, deadline)
@@ -379,8 +386,9 @@ def report(res: dict) -> str:
   mem = [{**r, "state_MiB": mib(r["state_bytes"]), "compiled_MiB": mib(r["compiled_bytes"]),
           "peak_MiB": mib(r["peak_bytes"])} for r in res["memory_rows"]]
   parts = [
-      f"backend {res['env']['backend']} ({len(res['env']['devices'])} devices), mode {res['mode']}, "
-      f"total {res['total_s']:.1f} s",
+      f"backend {res['env']['backend']} ({len(res['env']['devices'])} devices), "
+      f"mode {res['mode']}, "
+      f"total {res['total_s']:.1f} s, XLA options {res['xla_options'] or 'default'}",
       "(a) train step time, variant / plain adam, by phase",
       table(res["phase_rows"], ["model", "variant", "phase", "step", "ratio", "q25", "q75",
                                 "min_ratio", "ms", "plain_ms"]),

@@ -68,6 +68,7 @@ def test_compressed_inference(res):
                if r["sparsity"] == sp]
       assert flops[0] < 1.0  # multiple_of=1 removes work
       assert flops == sorted(flops) and flops[-1] <= 1.0  # rounding widths up only keeps more
+      assert flops[0] < flops[-1]  # ... and multiple_of=128 does keep more on these widths
     for r in rows:
       assert r["latency_ratio"] > 0 and r["param_ratio"] <= 1.0
       assert r["max_abs_err"] <= 1e-4 * max(1.0, r["out_scale"]), r  # same function as masked

@@ -1,4 +1,4 @@
-"""The README pod recipe with two real JAX processes (jax.distributed on 127.0.0.1, gloo), HESSO and CRIC.
+"""The README pod recipe with two real JAX processes (jax.distributed, loopback, gloo): HESSO, CRIC.
 
 tests/_multiprocess_worker.py runs three phases in fresh processes: ``train`` (2 processes x 4 CPU
 devices, uninterrupted runs, then runs checkpointed mid-pruning and SIGKILLed), ``resume`` (2 new
