@@ -1,4 +1,4 @@
-"""The README's pod recipe, for real, with several JAX processes on localhost (tests/test_multiprocess.py).
+"""The README's pod recipe with several JAX processes on localhost, for tests/test_multiprocess.py.
 
 Each phase is one or two fresh Python processes on CPU, started by :func:`results`:
 
@@ -53,7 +53,7 @@ def _log(msg: str) -> None:
 
 
 def _start_jax(phase: str, process_id: int, port: int):
-  """Import JAX for ``phase``: simulated CPU devices, and the distributed runtime for 2 processes."""
+  """Import JAX for ``phase``: simulated CPU devices; the distributed runtime for 2 processes."""
   os.environ["JAX_PLATFORMS"] = "cpu"
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + f" --xla_force_host_platform_device_count={LOCAL_DEVICES[phase]}")
@@ -315,7 +315,8 @@ def _free_port() -> int:
 
 def _launch(phase: str, workdir: str, nproc: int) -> tuple[list, list]:
   port = _free_port()
-  path = os.pathsep.join([ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+  extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+  path = os.pathsep.join([ROOT] + extra)
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", PYTHONPATH=path)
   env.pop("XLA_FLAGS", None)
   procs, logs = [], []
