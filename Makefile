@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow notebooks bench lint typecheck check-imports clean
+.PHONY: install demo test test-slow test-multiprocess notebooks bench lint typecheck check-imports clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+test-multiprocess: $(STAMP)
+	$(PY) -m pytest -q -m multiprocess tests/test_multiprocess.py
 
 notebooks: $(STAMP)
 	$(PY) -m pytest -q -m notebooks tests/test_notebooks.py
