@@ -272,8 +272,9 @@ def gpt_scan():
   return Case("gpt_scan", fn, p, (ids,), 26, (("ln1/g", "LayerNorm"), ("head", "output")))
 
 
-# --- embedding + tied output head: FFN hidden 16 is prunable; the embedding dimension is
-#     contracted by the tied head while the gathered embedding is not zero there (unprunable).
+# --- embedding + tied output head: FFN hidden 16 + the embedding dimension 8 = 24. The lookup
+#     copies embed[:, c] into channel c of the stream, so embed's feature axis is a producer (not
+#     only the tied head's consumer); the vocabulary is gathered and reaches the logits.
 def tied_embedding():
   k = jax.random.split(jax.random.PRNGKey(5), 3)
   p = {"embed": _normal(k[0], (V, D)), "w1": _normal(k[1], (D, F)), "w2": _normal(k[2], (F, D))}
@@ -284,7 +285,7 @@ def tied_embedding():
     return x @ p["embed"].T
 
   ids = jax.random.randint(jax.random.PRNGKey(4), (2, T), 0, V)
-  return Case("tied_embedding", fn, p, (ids,), 16, (("embed", "contracts"),))
+  return Case("tied_embedding", fn, p, (ids,), 24, (("embed", "indexed by gather"),))
 
 
 # --- sigmoid-gated block: the gated hidden (8) is prunable because h * sigmoid(g) is zero when h's

@@ -47,6 +47,7 @@ class _Ctx:
   def __init__(self):
     self.atoms = Atoms()
     self.contracted: set[tuple[int, int]] = set()
+    self.looked_up: set[tuple[int, int]] = set()  # axes a gather copies out whole (embeddings)
     self.produced: list[int] = []  # atoms of every computed value (what the function reads)
     self.visit: Visit | None = None
 
@@ -60,6 +61,12 @@ class _Ctx:
     s = self._src(var)
     if s is not None and axis in s[1]:
       self.contracted.add((s[0], s[1][axis]))
+
+  def look_up(self, var, axis):
+    """``var``'s ``axis`` is copied out whole by a lookup: the parameter produces it there."""
+    s = self._src(var)
+    if s is not None and axis in s[1]:
+      self.looked_up.add((s[0], s[1][axis]))
 
   def pass_source(self, invar, outvar, mapping: dict):
     s = self._src(invar)
@@ -318,7 +325,9 @@ def analyse(fn, variables, *args, ignore=None, approximate: bool = False,
     for ax in range(len(R.shape_of(jaxpr.invars[k]))):
       if tr.var_is_state[k]:
         roles[(k, ax)] = STATE
-      elif (k, ax) in ctx.contracted:
+      elif (k, ax) in ctx.contracted and (k, ax) not in ctx.looked_up:
+        # a tied embedding's feature axis is contracted by the output head but *produced* by the
+        # lookup: it is a producer (zeroing E[:, c] zeroes channel c of the gathered stream)
         roles[(k, ax)] = CONSUMER
       else:
         roles[(k, ax)] = PRODUCER
