@@ -280,6 +280,22 @@ def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
   ``discover(..., approximate=True)`` are not exact: their deviation on the example inputs is
   measured, warned about and stored as ``small_fn.max_deviation``. ``multiple_of`` keeps a few
   extra zero channels so every pruned width is a multiple of it (:func:`round_up_keep`).
+  ``small_fn`` also runs at other data-input sizes (batch, sequence, resolution): ``fn`` is
+  re-analysed at those shapes and the same channels are kept.
+
+  Example (two of the four hidden units zeroed, as HESSO leaves them, then cut out):
+
+  >>> import jax, jax.numpy as jnp, hesso_jax as hj
+  >>> fn = lambda p, x: jax.nn.relu(x @ p["w1"]) @ p["w2"]
+  >>> p = {"w1": jnp.ones((3, 4)), "w2": jnp.ones((4, 2))}
+  >>> x = jnp.ones((5, 3))
+  >>> space = hj.discover(fn, p, x)
+  >>> p = space.zero_groups(p, jnp.array([1, 2]))
+  >>> small_fn, small = hj.compress(fn, p, space, x)
+  >>> small["w1"].shape, small["w2"].shape
+  ((3, 2), (2, 2))
+  >>> bool(jnp.allclose(small_fn(small, x), fn(p, x)))
+  True
   """
   an = analyse(fn, variables, *args, approximate=True, **kwargs)
   # validated (shape, dtype, >= 1 channel kept per space); warns if non-zero groups are dropped
