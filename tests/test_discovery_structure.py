@@ -1,8 +1,8 @@
 """Structure patterns of third-party model code (issue 10: patterns 2, 3, 5, 8, 9).
 
 The group counts and the zero-invariance / compressed == zeroed properties of the zoo models
-(fused_qkv_split, fused_qkv_unstack, rope_stack, tiled_gqa, tied_rmsnorm, tied_linen, gap_cnn) run
-in test_discovery.py and test_compress.py; these tests check the layouts, reasons and calls at
+(fused_qkv_split, fused_qkv_unstack, rope_stack, rope_tile, tiled_gqa, tied_rmsnorm, tied_linen,
+gap_cnn) run in test_discovery.py and test_compress.py; these tests check the layouts, reasons and calls at
 other input sizes in detail.
 """
 

@@ -481,5 +481,30 @@ def gap_cnn():
                 (("Dense_0", "output"),))
 
 
+# --- rotary tables doubled with jnp.tile (cos(freqs) tiled to the head dim, in-graph) and applied
+#     with rotate_half: the tile's (2 copies) x (4 frequencies) layout meets rotate_half's
+#     concatenation [x2, x1] of two halves, so channel i is tied to i + 4. Heads 2 + q/k head-dim
+#     pairs 4 + v head dim 8 = 14.
+def rope_tile():
+  hd = 8
+  ang = (np.arange(T)[:, None] / (10000.0 ** (np.arange(hd // 2) / (hd // 2)))[None]).astype(
+      np.float32)
+  k = jax.random.split(jax.random.PRNGKey(30), 5)
+  p = {n: _normal(kk, s) for n, kk, s in [("wq", k[0], (D, H * hd)), ("wk", k[1], (D, H * hd)),
+                                          ("wv", k[2], (D, H * hd)), ("wo", k[3], (H * hd, D))]}
+
+  def rot(x):
+    return jnp.concatenate([-x[..., hd // 2:], x[..., :hd // 2]], -1)
+
+  def fn(p, x):
+    b, t, _ = x.shape
+    cos, sin = (jnp.tile(f(ang), (1, 2))[None, :, None] for f in (jnp.cos, jnp.sin))
+    q, kk, v = ((x @ p[n]).reshape(b, t, H, hd) for n in ("wq", "wk", "wv"))
+    q, kk = q * cos + rot(q) * sin, kk * cos + rot(kk) * sin
+    return x + _causal_attention(q, kk, v) @ p["wo"]
+
+  return Case("rope_tile", fn, p, (_normal(k[4], (2, T, D), 1.0),), 14, (("wo", "output"),))
+
+
 ZOO += [fused_qkv_split, fused_qkv_unstack, rope_stack, tiled_gqa, tied_rmsnorm, tied_linen,
-        gap_cnn]
+        gap_cnn, rope_tile]

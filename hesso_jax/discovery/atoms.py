@@ -152,8 +152,31 @@ class Atoms:
       self._define(ga[0][0], gb, depth)
     elif len(gb) == 1 and len(gb[0]) == 1:
       self._define(gb[0][0], ga, depth)
-    else:
+    elif not (self._copies(ga, gb, depth) or self._copies(gb, ga, depth)):
       self._fail(ga + gb, "reshape", "an axis is both split and merged by reshapes (e.g. (6,4)->(4,6))")
+
+  def _copies(self, prod: list[Factor], cat: list[Factor], depth: int) -> bool:
+    """(m) x (rest) laid over a concatenation of m parts of size(rest): part i is copy i.
+
+    E.g. a table tiled twice (``jnp.tile(cos, 2)``) multiplied with ``concatenate([-x2, x1])``
+    (rotate_half): every part is tied to ``rest`` (coarser than needed, always consistent) and the
+    copy factor becomes m parts of size 1, which are never channels.
+    """
+    if len(cat) != 1 or len(prod) < 2:
+      return False
+    copies, parts, rest = prod[0], cat[0], prod[1:]
+    n = math.prod(self.factor_size(f) for f in rest)
+    if self.factor_size(copies) != len(parts) or any(self.sz(p) != n for p in parts):
+      return False
+    if len(copies) == 1 and len(parts) > 1:  # a plain copy axis: split it into size-1 parts
+      if self.find(copies[0]) in self.struct:
+        return False
+      self._define(copies[0], [tuple(self.new(1) for _ in parts)], depth + 1)
+    elif any(self.sz(c) != 1 for c in copies):
+      return False
+    for p in parts:
+      self.unify_layout([(p,)], rest, depth + 1)
+    return True
 
   def _unify_factor(self, fa: Factor, fb: Factor, depth: int) -> None:
     if len(fa) == 1 and len(fb) == 1:
