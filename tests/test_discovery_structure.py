@@ -2,8 +2,8 @@
 
 The group counts and the zero-invariance / compressed == zeroed properties of the zoo models
 (fused_qkv_split, fused_qkv_unstack, rope_stack, rope_tile, tiled_gqa, tied_rmsnorm, tied_linen,
-gap_cnn) run in test_discovery.py and test_compress.py; these tests check the layouts, reasons and calls at
-other input sizes in detail.
+gap_cnn) run in test_discovery.py and test_compress.py; these tests check the layouts, reasons and
+calls at other input sizes in detail.
 """
 
 import doctest
@@ -51,7 +51,7 @@ def test_fused_qkv_split_into_heads_is_pruned_per_part():
 
 
 def test_fused_qkv_reshaped_to_3_heads_then_indexed():
-  """HF style: reshape(b, t, 3, H, hd).transpose(2, 0, 3, 1, 4); q, k, v = qkv[0], qkv[1], qkv[2]."""
+  """HF style: reshape(b, t, 3, H, hd).transpose(2, 0, 3, 1, 4), then q, k, v = qkv[0], [1], [2]."""
   p = zoo._qkv_params(jax.random.PRNGKey(0), zoo.H, zoo.HD)
 
   def fn(p, x):

@@ -1,4 +1,4 @@
-"""The primitive catalogue: every primitive that model code emits has a rule or a documented verdict."""
+"""The primitive catalogue: every primitive models emit has a rule or a documented verdict."""
 
 import jax
 import jax.numpy as jnp

@@ -460,8 +460,8 @@ class TiedLM(nn.Module):
 # --- flax.linen tied embeddings (nn.Embed + Embed.attend) with flax LayerNorm (its scale and bias
 #     are producers, so a zero channel stays zero): stream 8 + MLP hidden 16 = 24.
 def tied_linen():
-  return _linen("tied_linen", TiedLM(), jax.random.randint(jax.random.PRNGKey(28), (2, T), 0, V), 24,
-                (("Embed_0", "indexed by gather"),))
+  ids = jax.random.randint(jax.random.PRNGKey(28), (2, T), 0, V)
+  return _linen("tied_linen", TiedLM(), ids, 24, (("Embed_0", "indexed by gather"),))
 
 
 class GapCNN(nn.Module):

@@ -115,7 +115,8 @@ SPECS: tuple[CallSpec, ...] = (
       + jnp.diag(a[0, 0]).sum(), _M),
     # --- jax.numpy: shapes
     S("jnp.reshape/ravel", lambda a: a.reshape(6, 4).ravel()),
-    S("jnp.transpose/swapaxes/moveaxis", lambda a: a.T.swapaxes(0, 2) + jnp.moveaxis(a, 0, 2).transpose(2, 0, 1)),
+    S("jnp.transpose/swapaxes/moveaxis", lambda a: a.T.swapaxes(0, 2)
+      + jnp.moveaxis(a, 0, 2).transpose(2, 0, 1)),
     S("jnp.expand_dims/squeeze", lambda a: jnp.squeeze(jnp.expand_dims(a, 1), 1)),
     S("jnp.concatenate", lambda a: jnp.concatenate([a, a], -1)),
     S("jnp.stack", lambda a: jnp.stack([a, a], -1)),
