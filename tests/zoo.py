@@ -272,8 +272,9 @@ def gpt_scan():
   return Case("gpt_scan", fn, p, (ids,), 26, (("ln1/g", "LayerNorm"), ("head", "output")))
 
 
-# --- embedding + tied output head: FFN hidden 16 is prunable; the embedding dimension is
-#     contracted by the tied head while the gathered embedding is not zero there (unprunable).
+# --- embedding + tied output head: FFN hidden 16 + the embedding dimension 8 = 24. The lookup
+#     copies embed[:, c] into channel c of the stream, so embed's feature axis is a producer (not
+#     only the tied head's consumer); the vocabulary is gathered and reaches the logits.
 def tied_embedding():
   k = jax.random.split(jax.random.PRNGKey(5), 3)
   p = {"embed": _normal(k[0], (V, D)), "w1": _normal(k[1], (D, F)), "w2": _normal(k[2], (F, D))}
@@ -284,7 +285,7 @@ def tied_embedding():
     return x @ p["embed"].T
 
   ids = jax.random.randint(jax.random.PRNGKey(4), (2, T), 0, V)
-  return Case("tied_embedding", fn, p, (ids,), 16, (("embed", "contracts"),))
+  return Case("tied_embedding", fn, p, (ids,), 24, (("embed", "indexed by gather"),))
 
 
 # --- sigmoid-gated block: the gated hidden (8) is prunable because h * sigmoid(g) is zero when h's
@@ -327,3 +328,183 @@ def rope_attention():
 
 ZOO = [mlp, cnn_bn, resnet_basic, resnet_bottleneck, vgg, mobilenet, densenet, conv_flatten_dense,
        gpt, gpt_scan, tied_embedding, sigmoid_gated, rope_attention]
+
+
+# --- disc-b models ---------------------------------------------------------------------------
+# Structure patterns of third-party model code: fused qkv projections split into heads, rotary
+# embeddings built with stack, kv heads repeated with tile, tied embeddings, global pooling CNNs.
+
+
+def _causal_attention(q, k, v):
+  """(B, T, H, hd) q/k/v -> (B, T, H * hd_v), causal softmax attention."""
+  b, t = q.shape[:2]
+  s = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+  s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, -1e9)
+  return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s, -1), v).reshape(b, t, -1)
+
+
+def _qkv_params(key, heads, hd):
+  k = jax.random.split(key, 4)
+  return {"w_qkv": _normal(k[0], (D, 3 * heads * hd)), "b_qkv": _normal(k[1], (3 * heads * hd,)),
+          "w_o": _normal(k[2], (heads * hd, D)), "b_o": _normal(k[3], (D,))}
+
+
+# --- GPT-2 / nanoGPT fused qkv: q, k, v = split(x @ W_qkv + b, 3), each reshaped into (H, hd).
+#     Heads 2 (tied across q, k and v by the two attention einsums) + q/k head dim 4 (contracted
+#     together) + v head dim 4 = 10. q's head dim lives at w_qkv[:, h*4 + d] for both heads h, so
+#     it has one member per head. The residual stream is the data input and reaches the output.
+def fused_qkv_split():
+  p = _qkv_params(jax.random.PRNGKey(20), H, HD)
+
+  def fn(p, x):
+    b, t, _ = x.shape
+    q, k, v = jnp.split(x @ p["w_qkv"] + p["b_qkv"], 3, axis=-1)
+    q, k, v = (a.reshape(b, t, H, HD) for a in (q, k, v))
+    return x + _causal_attention(q, k, v) @ p["w_o"] + p["b_o"]
+
+  x = _normal(jax.random.PRNGKey(21), (2, T, D), 1.0)
+  return Case("fused_qkv_split", fn, p, (x,), 10, (("w_o", "tied to the function's data input"),))
+
+
+# --- fused qkv reshaped at once to (B, T, 3, H, hd) and unstacked along the 3: one reshape makes
+#     q, k and v share their head and head-dim axes, so heads 2 + head dim 4 (q, k and v pruned
+#     jointly; exact) = 6.
+def fused_qkv_unstack():
+  p = _qkv_params(jax.random.PRNGKey(22), H, HD)
+
+  def fn(p, x):
+    b, t, _ = x.shape
+    q, k, v = jnp.unstack((x @ p["w_qkv"] + p["b_qkv"]).reshape(b, t, 3, H, HD), axis=2)
+    return x + _causal_attention(q, k, v) @ p["w_o"] + p["b_o"]
+
+  x = _normal(jax.random.PRNGKey(23), (2, T, D), 1.0)
+  return Case("fused_qkv_unstack", fn, p, (x,), 6, (("w_o", "tied to the function's data input"),))
+
+
+# --- rotary embedding on interleaved pairs (Meta Llama / GPT-J style): x viewed as (hd/2, 2),
+#     rotated pairs re-assembled with jnp.stack (the `stack` primitive). Heads 2 + q/k head-dim
+#     *pairs* 4 (each pair rotates as one) + v head dim 8 = 14.
+def rope_stack():
+  hd = 8
+  ang = np.arange(T)[:, None] / (10000.0 ** (np.arange(hd // 2) / (hd // 2)))[None]
+  cos, sin = (np.asarray(f(ang), np.float32)[None, :, None] for f in (np.cos, np.sin))
+  k = jax.random.split(jax.random.PRNGKey(24), 5)
+  p = {n: _normal(kk, s) for n, kk, s in [("wq", k[0], (D, H * hd)), ("wk", k[1], (D, H * hd)),
+                                          ("wv", k[2], (D, H * hd)), ("wo", k[3], (H * hd, D))]}
+
+  def rope(x):
+    x = x.reshape(*x.shape[:-1], hd // 2, 2)
+    x1, x2 = x[..., 0], x[..., 1]
+    return jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).reshape(*x.shape[:-2], hd)
+
+  def fn(p, x):
+    b, t, _ = x.shape
+    q, kk, v = ((x @ p[n]).reshape(b, t, H, hd) for n in ("wq", "wk", "wv"))
+    return x + _causal_attention(rope(q), rope(kk), v) @ p["wo"]
+
+  return Case("rope_stack", fn, p, (_normal(k[4], (2, T, D), 1.0),), 14, (("wo", "output"),))
+
+
+# --- grouped-query attention with the kv heads repeated by jnp.tile (the `tile` primitive): 4 query
+#     heads = (2 repetitions) x (2 kv heads). kv-head groups 2 (each removes its kv head and the 2
+#     query heads reading it) + q/k head dim 4 + v head dim 4 = 10. The repetition axis is not
+#     prunable: a query head removed alone still averages its kv head's values.
+def tiled_gqa():
+  kvh, rep, hd = 2, 2, 4
+  k = jax.random.split(jax.random.PRNGKey(25), 5)
+  p = {"wq": _normal(k[0], (D, rep * kvh * hd)), "wk": _normal(k[1], (D, kvh * hd)),
+       "wv": _normal(k[2], (D, kvh * hd)), "wo": _normal(k[3], (rep * kvh * hd, D))}
+
+  def fn(p, x):
+    b, t, _ = x.shape
+    q = (x @ p["wq"]).reshape(b, t, rep * kvh, hd)
+    kk, v = ((x @ p[n]).reshape(b, t, kvh, hd) for n in ("wk", "wv"))
+    kk, v = jnp.tile(kk, (1, 1, rep, 1)), jnp.tile(v, (1, 1, rep, 1))
+    return x + _causal_attention(q, kk, v) @ p["wo"]
+
+  return Case("tiled_gqa", fn, p, (_normal(k[4], (2, T, D), 1.0),), 10,
+              (("wq", "contracts"), ("wo", "output")))
+
+
+def _rms_norm(x, g):
+  return x * lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6) * g
+
+
+# --- tied embeddings with RMSNorm (Gemma style): x = embed[ids]; a pre-norm MLP block; logits =
+#     rms(x) @ embed.T. The lookup produces the residual stream from embed[:, c], so the stream (8)
+#     is prunable as in an untied model (RMSNorm divides by the traced width, which compress keeps)
+#     + MLP hidden 16 = 24. The vocabulary is gathered.
+def tied_rmsnorm():
+  k = jax.random.split(jax.random.PRNGKey(26), 5)
+  p = {"embed": _normal(k[0], (V, D)), "g1": 1 + _normal(k[1], (D,), 0.1),
+       "gf": 1 + _normal(k[2], (D,), 0.1), "w1": _normal(k[3], (D, F)), "w2": _normal(k[4], (F, D))}
+
+  def fn(p, ids):
+    x = jnp.take(p["embed"], ids, axis=0) * np.sqrt(D)
+    x = x + jax.nn.gelu(_rms_norm(x, p["g1"]) @ p["w1"]) @ p["w2"]
+    return _rms_norm(x, p["gf"]) @ p["embed"].T
+
+  ids = jax.random.randint(jax.random.PRNGKey(27), (2, T), 0, V)
+  return Case("tied_rmsnorm", fn, p, (ids,), 24, (("embed", "indexed by gather"),))
+
+
+class TiedLM(nn.Module):
+  @nn.compact
+  def __call__(self, ids):
+    embed = nn.Embed(V, D)
+    x = embed(ids)
+    x = x + nn.Dense(D)(nn.relu(nn.Dense(F)(nn.LayerNorm()(x))))
+    return embed.attend(nn.LayerNorm()(x))
+
+
+# --- flax.linen tied embeddings (nn.Embed + Embed.attend) with flax LayerNorm (its scale and bias
+#     are producers, so a zero channel stays zero): stream 8 + MLP hidden 16 = 24.
+def tied_linen():
+  ids = jax.random.randint(jax.random.PRNGKey(28), (2, T), 0, V)
+  return _linen("tied_linen", TiedLM(), ids, 24, (("Embed_0", "indexed by gather"),))
+
+
+class GapCNN(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    bn = lambda: nn.BatchNorm(use_running_average=True)
+    x = nn.relu(bn()(nn.Conv(8, (3, 3))(x)))
+    x = nn.relu(bn()(nn.Conv(12, (3, 3), strides=2)(x)))
+    x = nn.avg_pool(x, (2, 2), (2, 2))
+    x = nn.relu(nn.Conv(16, (3, 3), padding=1)(x))
+    return nn.Dense(10)(jnp.mean(x, axis=(1, 2)))
+
+
+# --- CNN with global average pooling, runs at any resolution: conv 8 + conv 12 + conv 16 = 36.
+def gap_cnn():
+  return _linen("gap_cnn", GapCNN(), _normal(jax.random.PRNGKey(29), (2, 16, 16, 3), 1.0), 36,
+                (("Dense_0", "output"),))
+
+
+# --- rotary tables doubled with jnp.tile (cos(freqs) tiled to the head dim, in-graph) and applied
+#     with rotate_half: the tile's (2 copies) x (4 frequencies) layout meets rotate_half's
+#     concatenation [x2, x1] of two halves, so channel i is tied to i + 4. Heads 2 + q/k head-dim
+#     pairs 4 + v head dim 8 = 14.
+def rope_tile():
+  hd = 8
+  ang = (np.arange(T)[:, None] / (10000.0 ** (np.arange(hd // 2) / (hd // 2)))[None]).astype(
+      np.float32)
+  k = jax.random.split(jax.random.PRNGKey(30), 5)
+  p = {n: _normal(kk, s) for n, kk, s in [("wq", k[0], (D, H * hd)), ("wk", k[1], (D, H * hd)),
+                                          ("wv", k[2], (D, H * hd)), ("wo", k[3], (H * hd, D))]}
+
+  def rot(x):
+    return jnp.concatenate([-x[..., hd // 2:], x[..., :hd // 2]], -1)
+
+  def fn(p, x):
+    b, t, _ = x.shape
+    cos, sin = (jnp.tile(f(ang), (1, 2))[None, :, None] for f in (jnp.cos, jnp.sin))
+    q, kk, v = ((x @ p[n]).reshape(b, t, H, hd) for n in ("wq", "wk", "wv"))
+    q, kk = q * cos + rot(q) * sin, kk * cos + rot(kk) * sin
+    return x + _causal_attention(q, kk, v) @ p["wo"]
+
+  return Case("rope_tile", fn, p, (_normal(k[4], (2, T, D), 1.0),), 14, (("wo", "output"),))
+
+
+ZOO += [fused_qkv_split, fused_qkv_unstack, rope_stack, tiled_gqa, tied_rmsnorm, tied_linen,
+        gap_cnn, rope_tile]

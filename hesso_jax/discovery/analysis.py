@@ -47,6 +47,7 @@ class _Ctx:
   def __init__(self):
     self.atoms = Atoms()
     self.contracted: set[tuple[int, int]] = set()
+    self.looked_up: set[tuple[int, int]] = set()  # axes a gather copies out whole (embeddings)
     self.produced: list[int] = []  # atoms of every computed value (what the function reads)
     self.visit: Visit | None = None
 
@@ -60,6 +61,12 @@ class _Ctx:
     s = self._src(var)
     if s is not None and axis in s[1]:
       self.contracted.add((s[0], s[1][axis]))
+
+  def look_up(self, var, axis):
+    """``var``'s ``axis`` is copied out whole by a lookup: the parameter produces it there."""
+    s = self._src(var)
+    if s is not None and axis in s[1]:
+      self.looked_up.add((s[0], s[1][axis]))
 
   def pass_source(self, invar, outvar, mapping: dict):
     s = self._src(invar)
@@ -318,7 +325,9 @@ def analyse(fn, variables, *args, ignore=None, approximate: bool = False,
     for ax in range(len(R.shape_of(jaxpr.invars[k]))):
       if tr.var_is_state[k]:
         roles[(k, ax)] = STATE
-      elif (k, ax) in ctx.contracted:
+      elif (k, ax) in ctx.contracted and (k, ax) not in ctx.looked_up:
+        # a tied embedding's feature axis is contracted by the output head but *produced* by the
+        # lookup: it is a producer (zeroing E[:, c] zeroes channel c of the gathered stream)
         roles[(k, ax)] = CONSUMER
       else:
         roles[(k, ax)] = PRODUCER
@@ -349,22 +358,39 @@ def analyse(fn, variables, *args, ignore=None, approximate: bool = False,
   spaces, leaves = [], []
   for leaf, ms in members.items():
     n = A.size[leaf]
-    reasons = [msg for code, msg in bad.get(leaf, [])
+    reasons = [msg for code, msg in _by_cause(bad.get(leaf, []))
                if not (approximate and code in APPROXIMATE_CODES)]
     if n <= 1 or any(code in NOT_CHANNEL_CODES for code, _ in bad.get(leaf, [])):
       continue  # not a channel axis at all (spatial, window, stacked layers)
     if leaf in ignored_leaves:
       reasons.append(f"ignored by the user (matches {ignored_leaves[leaf]})")
-    if not any(m.role == PRODUCER for m in ms):
-      reasons.append("no parameter produces this channel")
-    if leaf not in used:
-      reasons.append("never read by the traced function (e.g. positions beyond the traced length)")
+    if not reasons:  # derived causes only where no primitive or rule gave the real one
+      if not any(m.role == PRODUCER for m in ms):
+        reasons.append("no parameter produces this channel")
+      if leaf not in used:
+        reasons.append("never read by the traced function (e.g. positions beyond the traced "
+                       "length)")
     approx = approximate and any(code in APPROXIMATE_CODES for code, _ in bad.get(leaf, []))
     name = _space_name(ms) + (" (approximate)" if approx and not reasons else "")
     spaces.append(ChannelSpace(n, tuple(ms), prunable=not reasons, reason="; ".join(reasons),
                                name=name))
     leaves.append(leaf)
   return Analysis(tr, visit, A, SearchSpace(tuple(spaces)), tuple(leaves))
+
+
+# Where several causes merge on one space, the first listed is the root one: what the axis *is*
+# (the data input's axis, the output's, a gathered vocabulary, an opaque primitive) before what
+# follows from it (a contraction or a normalisation that then sees non-zero values).
+_CAUSE_ORDER = ("input", "gather", "output", "unknown", "blocked")
+_CONSEQUENCES = ("norm", "nonzero")
+
+
+def _by_cause(reasons: list) -> list:
+  def rank(code: str) -> int:
+    if code in _CAUSE_ORDER:
+      return _CAUSE_ORDER.index(code)
+    return len(_CAUSE_ORDER) + (1 if code in _CONSEQUENCES else 0)
+  return sorted(reasons, key=lambda r: rank(r[0]))  # stable: otherwise in the order found
 
 
 def _space_name(ms) -> str:

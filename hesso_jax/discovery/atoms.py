@@ -21,6 +21,7 @@ Factor = tuple  # tuple[int, ...]  (atoms concatenated)
 Layout = list  # list[Factor]     (factors multiplied, row-major)
 
 _MAX_DEPTH = 64
+_MAX_REPEATS = 4096  # members one nested leaf may get on one parameter axis
 
 
 class Atoms:
@@ -151,8 +152,31 @@ class Atoms:
       self._define(ga[0][0], gb, depth)
     elif len(gb) == 1 and len(gb[0]) == 1:
       self._define(gb[0][0], ga, depth)
-    else:
+    elif not (self._copies(ga, gb, depth) or self._copies(gb, ga, depth)):
       self._fail(ga + gb, "reshape", "an axis is both split and merged by reshapes (e.g. (6,4)->(4,6))")
+
+  def _copies(self, prod: list[Factor], cat: list[Factor], depth: int) -> bool:
+    """(m) x (rest) laid over a concatenation of m parts of size(rest): part i is copy i.
+
+    E.g. a table tiled twice (``jnp.tile(cos, 2)``) multiplied with ``concatenate([-x2, x1])``
+    (rotate_half): every part is tied to ``rest`` (coarser than needed, always consistent) and the
+    copy factor becomes m parts of size 1, which are never channels.
+    """
+    if len(cat) != 1 or len(prod) < 2:
+      return False
+    copies, parts, rest = prod[0], cat[0], prod[1:]
+    n = math.prod(self.factor_size(f) for f in rest)
+    if self.factor_size(copies) != len(parts) or any(self.sz(p) != n for p in parts):
+      return False
+    if len(copies) == 1 and len(parts) > 1:  # a plain copy axis: split it into size-1 parts
+      if self.find(copies[0]) in self.struct:
+        return False
+      self._define(copies[0], [tuple(self.new(1) for _ in parts)], depth + 1)
+    elif any(self.sz(c) != 1 for c in copies):
+      return False
+    for p in parts:
+      self.unify_layout([(p,)], rest, depth + 1)
+    return True
 
   def _unify_factor(self, fa: Factor, fb: Factor, depth: int) -> None:
     if len(fa) == 1 and len(fb) == 1:
@@ -225,22 +249,39 @@ class Atoms:
   def axis_members(self, a: int):
     """Yield (leaf, offset, width, outer, inner) for every leaf atom on the axis ``a``.
 
-    Nested layouts (a concatenation part that is itself reshaped) cannot be described by one
-    (outer, width, inner, offset) and make those leaves unprunable.
+    A leaf at channel c occupies the indices ``o * width * inner + (offset + c) * inner + i``
+    (``o < outer``, ``i < inner``). A leaf inside a concatenation part that is itself reshaped
+    (a fused qkv projection split into q, k, v and each reshaped into heads) is yielded once per
+    repetition of its part (e.g. q's head dim once per head, at offsets ``h * head_dim``).
     """
+    yield from self._members(a, 1, self.sz(a), 0, 1, 0)
+
+  def _members(self, a: int, outer: int, width: int, offset: int, inner: int, depth: int):
     factors = self.expand([(a,)])
+    if not factors:
+      return
+    if len(factors) == 1 and len(factors[0]) == 1 and self.find(factors[0][0]) not in self.struct:
+      yield self.find(factors[0][0]), offset, width, outer, inner
+      return
     sizes = [self.factor_size(f) for f in factors]
+    fills = offset == 0 and width == math.prod(sizes)  # ``a`` is the whole block
     for k, f in enumerate(factors):
-      outer, inner, width = math.prod(sizes[:k]), math.prod(sizes[k + 1:]), sizes[k]
-      off = 0
+      o_k, i_k, w_k = math.prod(sizes[:k]), math.prod(sizes[k + 1:]), sizes[k]
+      if fills:
+        reps = [(outer * o_k, w_k, 0)]
+      elif width % i_k == 0 and offset % i_k == 0 and o_k <= _MAX_REPEATS and depth < _MAX_DEPTH:
+        reps = [(outer, width // i_k, offset // i_k + b * w_k) for b in range(o_k)]
+      else:
+        for p in f:
+          for leaf in self.leaves(p):
+            self.mark(leaf, "nested", "a concatenation part is reshaped in a way that no "
+                      "(outer, width, inner) layout describes")
+        continue
+      start = 0
       for p in f:
-        r = self.find(p)
-        if r in self.struct:
-          for leaf in self.leaves(r):
-            self.mark(leaf, "nested", "concatenation of reshaped axes is not supported")
-        else:
-          yield r, off, width, outer, inner
-        off += self.size[r]
+        for o, w, base in reps:
+          yield from self._members(p, o, w, base + start, inner * i_k, depth + 1)
+        start += self.sz(p)
 
   def inherited_bad(self) -> dict[int, list[tuple[str, str]]]:
     """Reasons per leaf root, including reasons of structured atoms that contain it."""

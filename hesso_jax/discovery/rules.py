@@ -72,6 +72,9 @@ def no_zeros(ctx, eqn, zin, ins, outs):
 
 UNKNOWN = Rule(unknown_atoms, no_zeros)
 
+# Deliberate verdicts: primitives that block every space they touch, and why (filled below).
+BLOCKING: dict[str, str] = {}
+
 
 # ----------------------------------------------------------------------------------------------
 # Elementwise
@@ -177,7 +180,7 @@ register("add", "sub", "max", "min", "add_any", "or", "xor")(Rule(_nary_atoms, _
 register("mul", "and")(Rule(_nary_atoms, _mul_like_zeros))
 register("div", "rem")(Rule(_nary_atoms, _div_zeros))
 register("select_n")(Rule(_nary_atoms, _select_zeros))
-register("pow", "atan2", "nextafter", "eq", "ne", "lt", "le", "gt", "ge", "clamp",
+register("pow", "atan2", "nextafter", "eq", "ne", "lt", "le", "gt", "ge", "le_to", "clamp",
          "shift_left", "shift_right_logical", "shift_right_arithmetic")(Rule(_nary_atoms, no_zeros))
 
 
@@ -562,6 +565,7 @@ def _gather_atoms(ctx, eqn, ins):
   for d, k in zip(dn.offset_dims, offset_src):
     if sizes[k] == osh[k] and k not in indexed:
       out[d] = op[k]
+      ctx.look_up(eqn.invars[0], k)
     else:
       ctx.atoms.mark(op[k], "gather", "partially gathered axis")
       out[d] = ctx.atoms.new(out_shape[d], ("gather", "partially gathered axis"))
@@ -583,6 +587,65 @@ def _gather_zeros(ctx, eqn, zin, ins, outs):
 
 
 register("gather")(Rule(_gather_atoms, _gather_zeros))
+
+
+def _stack_atoms(ctx, eqn, ins):
+  """``stack``: operands' axes are tied; the new axis (one entry per operand) is fresh."""
+  ax = eqn.params["axis"]
+  for other in ins[1:]:
+    for x, y in zip(ins[0], other, strict=True):
+      ctx.atoms.unify(x, y)
+  new = ctx.atoms.new(len(ins))
+  return [tuple(ins[0][:ax]) + (new,) + tuple(ins[0][ax:])]
+
+
+# zero along a channel iff every stacked operand is (as for add)
+register("stack")(Rule(_stack_atoms, _add_like_zeros))
+
+
+def _unstack_atoms(ctx, eqn, ins):
+  """``unstack``: the unstacked axis is a concatenation of size-1 parts, one per output."""
+  ax = eqn.params["axis"]
+  a = ins[0]
+  parts = tuple(ctx.atoms.new(1) for _ in eqn.outvars)
+  ctx.atoms.unify_layout([(a[ax],)], [parts])
+  kept = [k for k in range(len(a)) if k != ax]
+  for o in eqn.outvars:
+    ctx.pass_source(eqn.invars[0], o, {i: k for i, k in enumerate(kept)})
+  return [tuple(a[k] for k in kept) for _ in eqn.outvars]
+
+
+register("unstack")(Rule(_unstack_atoms, RULES["split"].zeros))
+
+
+def _tile_atoms(ctx, eqn, ins):
+  """``tile``: an axis repeated r times is the product (r copies) x (the operand's axis)."""
+  reps = eqn.params["reps"]
+  out = []
+  for k, (a, r) in enumerate(zip(ins[0], reps, strict=True)):
+    if r == 1:
+      out.append(a)
+      continue
+    t = ctx.atoms.new(ctx.atoms.sz(a) * r)
+    ctx.atoms.unify_layout([(t,)], [(ctx.atoms.new(r),), (a,)])
+    out.append(t)
+  ctx.pass_source(eqn.invars[0], eqn.outvars[0], {k: k for k, r in enumerate(reps) if r == 1})
+  return [tuple(out)]
+
+
+register("tile")(Rule(_tile_atoms, _keep_zeros))
+
+
+def _bitcast_atoms(ctx, eqn, ins):
+  """Same-width bitcasts are elementwise (0.0 <-> 0); width changes add/remove an axis."""
+  if shape_of(eqn.outvars[0]) == shape_of(eqn.invars[0]):
+    return [ins[0]]
+  return _fresh_bad("bitcast", "bitcast between dtypes of different widths")(ctx, eqn, ins)
+
+
+register("bitcast_convert_type")(Rule(_bitcast_atoms, _keep_zeros))
+register("platform_index")(Rule(lambda ctx, eqn, ins: [_fresh(ctx, v) for v in eqn.outvars],
+                                no_zeros))
 
 
 def _fresh_bad(code, msg):
@@ -638,6 +701,23 @@ def _multi_identity_atoms(ctx, eqn, ins):
 
 register("optimization_barrier", "device_put")(Rule(
     _multi_identity_atoms, lambda ctx, eqn, zin, ins, outs: list(zin)))
+
+
+BLOCKING.update({
+    **{p: "linear algebra: every output channel mixes every input channel" for p in (
+        "cholesky", "lu", "qr", "svd", "eigh", "eig", "schur", "hessenberg", "tridiagonal",
+        "tridiagonal_solve", "triangular_solve", "householder_product",
+        "lu_pivots_to_permutation", "custom_linear_solve", "cholesky_update")},
+    "fft": "Fourier transform: every output frequency mixes every input channel",
+    **{p: "scatter: writes at data-dependent positions, so channels cannot be followed" for p in (
+        "scatter", "scatter-add", "scatter_add", "scatter-mul", "scatter_mul", "scatter-min",
+        "scatter_min", "scatter-max", "scatter_max", "scatter_sub", "scatter-sub")},
+    **{p: "gradient of a pooling window (only in backward passes)" for p in (
+        "select_and_scatter_add", "select_and_gather_add", "select_and_scatter")},
+})
+for _p, _why in BLOCKING.items():
+  register(_p)(Rule(_fresh_bad("blocked", f"passes through '{_p}' ({_why})"), no_zeros))
+del _p, _why
 
 
 def rule_for(name: str) -> Rule:

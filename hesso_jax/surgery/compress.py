@@ -26,32 +26,17 @@ from hesso_jax.surgery._keep import resolve_keep
 
 
 class _Shrink:
-  """New axis sizes: kept channel counts, and the actual sizes of the data inputs' axes.
+  """New axis sizes of one analysis: the kept channel counts (every other axis keeps its size).
 
-  ``dyn`` maps atoms bound to a data input (batch, sequence) to the size seen at call time, so
-  the compressed function runs at any batch size, not only the traced one.
+  One ``_Shrink`` serves one set of data-input shapes; :class:`_AtShapes` re-analyses the function
+  for other shapes (batch, sequence, image resolution).
   """
 
-  def __init__(self, an: Analysis, leaf_keep: dict, dyn: dict | None = None,
-               masks: dict | None = None):
+  def __init__(self, an: Analysis, leaf_keep: dict):
     self.an = an
     self.A = an.atoms
     self.leaf_keep = leaf_keep
-    self.dyn = dyn or {}
-    self._mask: dict[int, np.ndarray] = {} if masks is None else masks
-
-  def with_inputs(self, visit: Visit, invars, values) -> "_Shrink":
-    dyn = {}
-    for v, x in zip(invars, values):
-      for a, old, new in zip(visit.env[v], v.aval.shape, np.shape(x)):
-        if old != new:
-          r = self.A.find(a)
-          if r in self.A.struct:
-            raise ValueError(f"small_fn: input axis of traced size {old} cannot change to {new}")
-          if dyn.get(r, new) != new:
-            raise ValueError(f"small_fn: inputs disagree on a tied axis ({dyn[r]} vs {new})")
-          dyn[r] = int(new)
-    return _Shrink(self.an, self.leaf_keep, dyn, self._mask) if dyn else self
+    self._mask: dict[int, np.ndarray] = {}
 
   def mask(self, atom: int) -> np.ndarray:
     r = self.A.find(atom)
@@ -59,16 +44,8 @@ class _Shrink:
       self._mask[r] = self.A.keep_mask(r, self.leaf_keep)
     return self._mask[r]
 
-  def size(self, atom: int, depth: int = 0) -> int:
-    r = self.A.find(atom)
-    if r in self.dyn:
-      return self.dyn[r]
-    if self.dyn and r in self.A.struct and depth < 64:
-      n = 1
-      for f in self.A.struct[r]:
-        n *= sum(self.size(p, depth + 1) for p in f)
-      return n
-    return int(self.mask(r).sum())
+  def size(self, atom: int) -> int:
+    return int(self.mask(atom).sum())
 
   def shape(self, visit: Visit, v) -> tuple[int, ...]:
     return tuple(self.size(a) for a in visit.env[v])
@@ -227,6 +204,71 @@ def round_up_keep(space: SearchSpace, keep: np.ndarray, multiple_of: int) -> np.
   return keep
 
 
+class _AtShapes:
+  """The :class:`_Shrink` for the data-input shapes of a call (cached per shapes).
+
+  At the traced shapes it is the compress-time one. At other shapes (batch, sequence length,
+  image resolution) ``fn`` is traced and analysed again there, and the same kept channels are
+  mapped onto the new analysis: every data-dependent size follows the input, including sizes a
+  primitive's parameters carry (``reshape``, ``broadcast_in_dim``, convolution padding) and
+  constants traced from them (a mean's ``1 / (H * W)``). Where ``fn`` cannot be traced at the new
+  shapes, or its channel structure differs there, the error names the changed dimensions.
+  """
+
+  def __init__(self, fn: Callable, variables: Any, space: SearchSpace, keep: np.ndarray,
+               sh: _Shrink):
+    self.fn, self.space, self.keep, self.sh = fn, space, keep, sh
+    self.tr = sh.an.traced
+    self.abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), jax.numpy.result_type(x)), variables)
+    invars = sh.an.visit.jaxpr.invars[self.tr.num_var_leaves:]
+    self.traced_key = tuple((tuple(v.aval.shape), np.dtype(v.aval.dtype)) for v in invars)
+    self.cache: dict[tuple, _Shrink] = {}
+
+  def __call__(self, dyn: list, small_leaves: list) -> _Shrink:
+    key = tuple((tuple(np.shape(x)), np.dtype(jax.numpy.result_type(x))) for x in dyn)
+    if key == self.traced_key:
+      return self.sh
+    if key not in self.cache:
+      self.cache[key] = self._retrace(key)
+    sh = self.cache[key]
+    self._check_variables(sh, small_leaves, key)
+    return sh
+
+  def _changed(self, key: tuple) -> str:
+    out = []
+    for k, ((old, _), (new, _)) in enumerate(zip(self.traced_key, key, strict=True)):
+      dims = [f"axis {d}: {a} -> {b}" for d, (a, b) in enumerate(zip(old, new)) if a != b]
+      if len(old) != len(new):
+        dims = [f"shape {old} -> {new}"]
+      out += [f"data input {k} {x}" for x in dims]
+    return ", ".join(out)
+
+  def _retrace(self, key: tuple) -> _Shrink:
+    tr = self.tr
+    it = iter(jax.ShapeDtypeStruct(shp, dt) for shp, dt in key)
+    leaves = [next(it) if d else s for d, s in zip(tr.arg_dynamic, tr.arg_static)]
+    args, kwargs = jax.tree_util.tree_unflatten(tr.arg_treedef, leaves)
+    try:
+      an = analyse(self.fn, self.abstract, *args, approximate=True, **kwargs)
+      ids = _match_spaces(self.space, an)
+    except Exception as e:  # noqa: BLE001 - re-raised with the dimensions that changed
+      raise ValueError(f"small_fn: called at other input sizes ({self._changed(key)}) than at "
+                       f"compress time, and the function cannot be re-analysed there: "
+                       f"{type(e).__name__}: {e}") from e
+    leaf_keep = {an.atoms.find(leaf): self.keep[off:off + s.size] for s, off, leaf in zip(
+        self.space.prunable_spaces, self.space.group_offsets, ids, strict=True)}
+    return _Shrink(an, leaf_keep)
+
+  def _check_variables(self, sh: _Shrink, small_leaves: list, key: tuple) -> None:
+    invars = sh.an.visit.jaxpr.invars[:self.tr.num_var_leaves]
+    for path, v, x in zip(self.tr.var_paths, invars, small_leaves, strict=True):
+      want = sh.shape(sh.an.visit, v)
+      if tuple(np.shape(x)) != want:
+        raise ValueError(f"small_fn: at the new input sizes ({self._changed(key)}) variable "
+                         f"{'/'.join(map(str, path))!r} must have shape {want}, got {np.shape(x)}")
+
+
 def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
              check_zero: bool = True, multiple_of: int = 1, **kwargs) -> tuple[Callable, Any]:
   """Return ``(small_fn, small_variables)`` with the dropped groups cut out of every array.
@@ -238,6 +280,22 @@ def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
   ``discover(..., approximate=True)`` are not exact: their deviation on the example inputs is
   measured, warned about and stored as ``small_fn.max_deviation``. ``multiple_of`` keeps a few
   extra zero channels so every pruned width is a multiple of it (:func:`round_up_keep`).
+  ``small_fn`` also runs at other data-input sizes (batch, sequence, resolution): ``fn`` is
+  re-analysed at those shapes and the same channels are kept.
+
+  Example (two of the four hidden units zeroed, as HESSO leaves them, then cut out):
+
+  >>> import jax, jax.numpy as jnp, hesso_jax as hj
+  >>> fn = lambda p, x: jax.nn.relu(x @ p["w1"]) @ p["w2"]
+  >>> p = {"w1": jnp.ones((3, 4)), "w2": jnp.ones((4, 2))}
+  >>> x = jnp.ones((5, 3))
+  >>> space = hj.discover(fn, p, x)
+  >>> p = space.zero_groups(p, jnp.array([1, 2]))
+  >>> small_fn, small = hj.compress(fn, p, space, x)
+  >>> small["w1"].shape, small["w2"].shape
+  ((3, 2), (2, 2))
+  >>> bool(jnp.allclose(small_fn(small, x), fn(p, x)))
+  True
   """
   an = analyse(fn, variables, *args, approximate=True, **kwargs)
   # validated (shape, dtype, >= 1 channel kept per space); warns if non-zero groups are dropped
@@ -261,7 +319,7 @@ def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
   small_leaves = [sh.slice_leaf(x, top.env[v])
                   for x, v in zip(var_leaves, top.jaxpr.invars[:tr.num_var_leaves])]
   small = jax.tree_util.tree_unflatten(tr.var_treedef, small_leaves)
-  consts = list(tr.closed.consts)
+  at_shapes = _AtShapes(fn, variables, space, keep, sh)
 
   def small_fn(small_variables, *a, **kw):
     vl = jax.tree_util.tree_leaves(small_variables)
@@ -271,9 +329,9 @@ def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
     if atree != tr.arg_treedef:
       raise ValueError("small_fn: arguments must have the structure used at compress time")
     dyn = [x for x, d in zip(al, tr.arg_dynamic) if d]
-    call_sh = sh.with_inputs(top, top.jaxpr.invars[tr.num_var_leaves:], dyn)
-    outs = _eval(call_sh, top, consts, list(vl) + dyn)
-    return jax.tree_util.tree_unflatten(tr.out_tree, outs)
+    call_sh = at_shapes(dyn, vl)
+    outs = _eval(call_sh, call_sh.an.visit, list(call_sh.an.traced.closed.consts), list(vl) + dyn)
+    return jax.tree_util.tree_unflatten(call_sh.an.traced.out_tree, outs)
 
   small_fn.approximate_spaces = tuple(approximate)
   small_fn.max_deviation = 0.0
