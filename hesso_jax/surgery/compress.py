@@ -8,6 +8,8 @@ arrays. Shape-carrying parameters (``reshape.new_sizes``, ``broadcast_in_dim.sha
 rewritten from the analysis; constants traced from shapes (``1/sqrt(head_dim)``, mean
 denominators) stay exactly as traced. Calls are inlined; ``scan``/``while``/``cond`` are
 rebuilt with ``lax`` so the result stays a single jittable, library-independent function.
+Tables computed in the trace (``iota``: positions, rotary frequencies) are evaluated at full size
+and sliced along pruned channels, like captured constants.
 """
 
 from __future__ import annotations
@@ -331,6 +333,9 @@ def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
   ``discover(..., approximate=True)`` are not exact: their deviation on the example inputs is
   measured, warned about and stored as ``small_fn.max_deviation``. ``multiple_of`` keeps a few
   extra zero channels so every pruned width is a multiple of it (:func:`round_up_keep`).
+  Spaces found with ``discover(..., fold=True)`` (named ``... (exact, folded)``) are exact too:
+  their dropped channels' constant value times the consumer's dropped rows is computed once here
+  (one eager run of ``fn`` on the example inputs) and added to the consumer's output.
   """
   an = analyse(fn, variables, *args, approximate=True, fold=True, **kwargs)
   # validated (shape, dtype, >= 1 channel kept per space); warns if non-zero groups are dropped
