@@ -449,8 +449,6 @@ def rotating_scan():
   return Case("rotating_scan", fn, p, (_normal(k[4], (4, 6), 1.0),), 5, (("w1", "contracts"),))
 
 
-DISC_A = [padded_resnet, inline_rope_attention, clamped_mlp, offset_controls, rotating_scan]
-ZOO += DISC_A
 
 
 # --- constant-channel folding (discover(fold=True)): sigmoid(x @ ws + bs) (8, sigmoid(0) = 0.5)
@@ -477,3 +475,8 @@ def constant_channels():
 FOLD_GROUPS = {"constant_channels": 19, "clamped_mlp": 38, "offset_controls": 13,
                "rotating_scan": 5}
 FOLD_ZOO = [constant_channels, clamped_mlp, offset_controls, rotating_scan]
+
+
+DISC_A = [padded_resnet, inline_rope_attention, clamped_mlp, offset_controls, rotating_scan,
+          constant_channels]
+ZOO += DISC_A
