@@ -270,6 +270,23 @@ def test_folding_at_other_batch_sizes_and_inside_a_jit():
                              atol=1e-5 * float(jnp.max(jnp.abs(ref))), rtol=0)
 
 
+def test_a_constant_that_varies_within_a_channel_is_not_folded():
+  """A constant vector over heads x head-dim: within one head channel it varies with the head
+  dim, so folding the head (with the value at head-dim 0) would be wrong."""
+  k = jax.random.split(jax.random.PRNGKey(0), 3)
+  p = {"w": jax.random.normal(k[0], (4, 6)), "w2": jax.random.normal(k[1], (2, 5))}
+  cv = np.linspace(1, 2, 6).astype(np.float32)
+
+  def fn(p, x):
+    h = jnp.tanh((x @ p["w"] + cv).reshape(-1, 2, 3))  # heads 2 x head dim 3
+    return jnp.einsum("bhd,hf->bdf", h, p["w2"]).reshape(x.shape[0], -1)
+
+  x = jax.random.normal(k[2], (3, 4))
+  space = hj.discover(fn, p, x, fold=True)
+  (heads,) = [s for s in space.channel_spaces if s.size == 2 and s.label().startswith("w[")]
+  assert not heads.prunable and "contracts" in heads.reason, space.summary()
+
+
 def test_nothing_is_folded_inside_loops():
   p = {"w1": jnp.ones((4, 8)), "w2": jnp.ones((8, 3))}
 

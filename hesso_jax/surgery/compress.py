@@ -223,9 +223,10 @@ def _fold_sites(an: Analysis, leaf_keep: dict) -> dict:
 def _fold_correction(an: Analysis, leaf_keep: dict, items: list, invals: list):
   """What the dropped channels' constant values add to one ``dot_general``'s output.
 
-  The constant side is rebuilt as ``kvec`` along the contracted axis (the folded value at the
-  dropped channels' positions, 0 elsewhere), size 1 on its free axes, and contracted with the
-  recorded (input-independent) other operand: the result broadcasts over the free axes.
+  The constant side is rebuilt as ``kvec`` along the contracted axis (its recorded value at the
+  dropped channels' positions, which discovery proved input-independent and constant along every
+  other axis; 0 elsewhere), size 1 on its free axes, and contracted with the recorded
+  (input-independent) other operand: the result broadcasts over the free axes.
   """
   A = an.atoms
   f0 = items[0][1]
@@ -239,11 +240,16 @@ def _fold_correction(an: Analysis, leaf_keep: dict, items: list, invals: list):
     var, other = eqn.invars[side], invals[1 - side]
     (c,), my_b, other_b = (lc, lb, rb) if side == 0 else (rc, rb, lb)
     atom = f0.visit.env[var][c]
-    kvec = np.zeros(A.sz(atom), np.float64)
+    x = np.asarray(invals[side])
+    along = x[tuple(slice(None) if ax == c else 0 for ax in range(x.ndim))]
+    kvec = np.zeros(A.sz(atom), x.dtype)
     for leaf, f in mine:
       dropped = {l: np.zeros(A.size[l], bool) for l in A.leaves(atom)}
       dropped[leaf] = ~np.asarray(leaf_keep[A.find(leaf)], bool)
-      kvec += float(f.value) * A.keep_mask(atom, dropped)
+      pos = A.keep_mask(atom, dropped)
+      kvec[pos] = along[pos]
+    if not np.all(np.isfinite(kvec)):
+      raise ValueError(f"compress: a folded channel's constant value is not finite ({eqn})")
     shape = [1] * len(var.aval.shape)
     shape[c] = kvec.size
     for mb, ob in zip(my_b, other_b, strict=True):
