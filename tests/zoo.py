@@ -470,8 +470,8 @@ def constant_channels():
 
 
 # --- normalisation without affine parameters: (x @ w1 - mean) * rsqrt(var + eps) with running
-#     statistics (state): a zero channel becomes -mean[c] / sqrt(var[c] + eps), one input-independent
-#     value per channel. 5 groups (relu(x @ w3)) by default, 5 + 8 = 13 with folding.
+#     statistics (state): a zero channel becomes -mean[c] / sqrt(var[c] + eps), one
+#     input-independent value per channel. 5 groups (relu(x @ w3)) by default, 5 + 8 = 13 with folding.
 def normalised_channels():
   k = jax.random.split(jax.random.PRNGKey(17), 7)
   v = {"params": {"w1": _normal(k[0], (6, 8)), "w2": _normal(k[1], (8, 3)),

@@ -223,8 +223,8 @@ def _evaluate(eqn, vals: list[Val], z, indep: bool) -> Val:
     return Val(z, EMPTY, const, indep)
   zeros, known = set(), {}
   for leaf in cand - z:
-    r = _apply(eqn, [_along(v, var, leaf) for v, var in zip(vals, eqn.invars)]) \
-        if all(_along(v, var, leaf) is not None for v, var in zip(vals, eqn.invars)) else None
+    args = [_along(v, var, leaf) for v, var in zip(vals, eqn.invars, strict=True)]
+    r = None if any(a is None for a in args) else _apply(eqn, args)
     if r is None:
       continue
     if is_zero(r):

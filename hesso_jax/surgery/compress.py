@@ -243,7 +243,7 @@ def _fold_correction(an: Analysis, leaf_keep: dict, items: list, invals: list):
     x = np.asarray(invals[side])
     along = x[tuple(slice(None) if ax == c else 0 for ax in range(x.ndim))]
     kvec = np.zeros(A.sz(atom), x.dtype)
-    for leaf, f in mine:
+    for leaf, _ in mine:
       dropped = {l: np.zeros(A.size[l], bool) for l in A.leaves(atom)}
       dropped[leaf] = ~np.asarray(leaf_keep[A.find(leaf)], bool)
       pos = A.keep_mask(atom, dropped)
@@ -273,7 +273,7 @@ def _fold_corrections(an: Analysis, leaf_keep: dict, consts: list, inputs: list)
   rec.record = dict.fromkeys(sites)
   _eval(rec, an.visit, consts, inputs)
   return {key: _fold_correction(an, leaf_keep, items, rec.record[key])
-          for key, items in sites.items() if rec.record[key] is not None}
+          for key, items in sites.items()}  # every site is outside loops: always recorded
 
 
 # ----------------------------------------------------------------------------------------------
