@@ -278,10 +278,11 @@ def hesso_cric(
   hybrid training starts), in one compiled step. The latest possible end is
   ``c0 + 2*N*L + C*S + 1`` (:func:`cric_schedule`).
 
-  Cost: before ``c0`` the step is the base step (the CRIC work is in the untaken branch of a
-  ``lax.cond``); after the last commit it is the base step plus one fused pass that keeps pruned
-  groups at zero. Probing and cycle steps compute the saliency reductions every step; the final
-  ranking runs only on the termination step.
+  Cost: the update is one elementwise expression per leaf, fused by XLA with the base update and
+  ``optax.apply_updates``; on top of the base optimizer's pass it reads and writes the parameter
+  cache (a ``where`` that snapshots at ``c0`` and restores on measurement and boundary steps).
+  Probing and cycle steps recompute the base update for the saliency reductions (behind a
+  ``lax.cond``); the final ranking runs only on the termination step.
 
   Why final counts may sit on trial-sparsity boundaries: the loss criterion is constant on each
   *band* of a space (the groups first removed by the same trial projection, i.e. within-space
@@ -400,25 +401,19 @@ def hesso_cric(
     sp = cm.resolve_space(space, params)
     ph = cric_phase(state.count, state.end, start=start_cric_step, sampling_steps=sampling_steps,
                     hybrid_steps=hybrid_training_steps, num_trials=N * L)
-    cache = cm.cond(ph.first, lambda ops: jax.tree_util.tree_map(jnp.asarray, ops[0]),
-                    lambda ops: ops[1], (params, state.cache))
-    ref_loss, ratio = _loss_terms(ph, value, value_fn, params, cache, state.ref_loss)
+    # Elementwise (no lax.cond on full-size operands), so XLA fuses it with the update below.
+    cache = jax.tree_util.tree_map(lambda x, c: jnp.where(ph.first, x, c), params, state.cache)
+    ref_loss, ratio = _loss_terms(ph, value, value_fn, params, state.cache, state.ref_loss)
     R = cm.target_num_groups(G, target_group_sparsity)
-    small = state._replace(count=state.count, ref_loss=ref_loss, cache=None, base_state=None)
+    small = state._replace(ref_loss=ref_loss, cache=None, base_state=None)
 
-    def working(ops):
-      return _cric_step(cfg, sp, ph, R, params, cache, ratio, *ops)
+    def direction():
+      # Recomputed inside the scoring branch so that ``u`` is never a lax.cond operand.
+      uu, _ = base.update(updates, state.base_state, params, **extra_args)
+      return jax.tree_util.tree_map(jnp.negative, cm.promote_updates(uu, params))
 
-    def committed(ops):
-      uu, st = ops
-      return cm.masked_updates(uu, params, sp, zero=st.pruned), st
-
-    def step(ops):
-      return cm.cond(ph.hybrid & ~ph.forgetting, committed, working, ops)
-
-    # Before c0 the step is the base step: all CRIC work is in the untaken branch.
-    busy = state.count >= jnp.asarray(start_cric_step, jnp.int32)
-    out, small = cm.cond(busy, step, lambda ops: ops, (u, small))
+    # Restores never happen on the snapshot step, so they read the incoming cache.
+    out, small = _cric_step(cfg, sp, ph, R, params, state.cache, ratio, u, direction, small)
     return out, small._replace(count=count, cache=cache, base_state=base_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -469,16 +464,20 @@ def _loss_terms(ph: CricPhase, value: ArrayLike | None, value_fn: Callable | Non
 
 
 def _cric_step(cfg: _Config, sp: SearchSpace, ph: CricPhase, R: jax.Array, params: Any, cache: Any,
-               ratio: jax.Array, u: Any, st: CricState) -> tuple[Any, CricState]:
-  """One probing / cycling / hybrid-forgetting step on the small state fields ``st``."""
+               ratio: jax.Array, u: Any, direction: Callable[[], Any],
+               st: CricState) -> tuple[Any, CricState]:
+  """One step on the small state fields ``st`` (every phase; masks are all-false where idle).
+
+  The saliency (of ``direction()``) and the final ranking sit behind ``lax.cond``s on their
+  phases; the update is one elementwise expression per leaf.
+  """
   G = sp.num_groups
   record = ph.proj | ph.cycling
 
-  def score_fn(ops):
-    x, uu = ops
-    return sal.saliency(sp, x, jax.tree_util.tree_map(jnp.negative, uu), cfg.weights)
+  def score_fn(x):
+    return sal.saliency(sp, x, direction(), cfg.weights)
 
-  score = cm.cond(record, score_fn, lambda ops: jnp.zeros((G,), jnp.float32), (params, u))
+  score = cm.cond(record, score_fn, lambda x: jnp.zeros((G,), jnp.float32), params)
   ok = record & jnp.isfinite(score)
   score_sum = st.score_sum + jnp.where(ok, score, 0.0)
   score_count = st.score_count + ok.astype(jnp.int32)

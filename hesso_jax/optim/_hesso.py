@@ -5,7 +5,7 @@ See :func:`hesso` for the algorithm.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -115,10 +115,11 @@ def hesso(
     An ``optax.GradientTransformationExtraArgs`` whose ``update(grads, state, params, **extra)``
     requires ``params`` and forwards extra args to the base. State: :class:`HessoState`.
 
-  Cost: before the first selection (``step < W``) the step is the base step (the pruning work is
-  in the untaken branch of a ``lax.cond``). Inside and after the window one fused elementwise
-  pass over the producer leaves is added; selection steps also compute the saliency reductions
-  and a sort over the ``G`` groups.
+  Cost: the update is one elementwise expression per producer leaf (the ``(G,)`` masks are
+  broadcast inside it), which XLA fuses with the base update and ``optax.apply_updates`` into
+  the pass the base optimizer makes anyway; outside selection steps nothing else touches a
+  full-size array. Selection steps (``j == 0``, behind a ``lax.cond``) recompute the base update
+  for the saliency reductions and sort the ``G`` scores.
 
   Example: four channels of one layer, half of them pruned after one warm-up step and a period of
   two steps (zero gradients, so the two smallest-magnitude channels go)::
@@ -173,14 +174,15 @@ def hesso(
     sp = cm.resolve_space(space, params)
     R = cm.target_num_groups(G, target_group_sparsity)
 
-    def pruning(ops):
-      return _pruning_step(sp, weights, multiple_of, R, sched, params, *ops)
+    def direction():
+      # Recomputed inside the selection branch from the step's inputs, so that ``u`` is never a
+      # lax.cond operand: XLA then fuses the base update, the masked update below and
+      # ``optax.apply_updates`` into one pass, as for the base optimizer alone.
+      uu, _ = base.update(updates, state.base_state, params, **extra_args)
+      return jax.tree_util.tree_map(jnp.negative, cm.promote_updates(uu, params))
 
-    # Before the first selection (and with nothing pruned) the step is the base step: the work
-    # sits in the untaken branch of a lax.cond, so warm-up costs what the base optimizer costs.
-    busy = sched.in_window | jnp.any(state.pruned)
-    out, redundant, pruned = cm.cond(busy, pruning, lambda ops: ops,
-                                     (u, state.redundant, state.pruned))
+    out, redundant, pruned = _pruning_step(sp, weights, multiple_of, R, sched, params, u,
+                                           direction, state.redundant, state.pruned)
     return out, HessoState(count=count, redundant=redundant, pruned=pruned, base_state=base_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -207,20 +209,23 @@ class _Schedule(NamedTuple):
 
 
 def _pruning_step(sp: SearchSpace, weights: dict, multiple_of: ArrayLike, R: jax.Array,
-                  sched: _Schedule, params: Any, u: Any, redundant: jax.Array,
-                  pruned: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
-  """One step inside the window or after it: select at ``j == 0``, forget, commit, zero pruned."""
+                  sched: _Schedule, params: Any, u: Any, direction: Callable[[], Any],
+                  redundant: jax.Array, pruned: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
+  """One step: select at ``j == 0`` (saliency of ``direction()``), forget, commit, zero pruned.
+
+  Only the selection is behind a ``lax.cond``; the update itself is one elementwise expression
+  per leaf (all-false masks outside the window), which fuses with the base update and
+  ``apply_updates``.
+  """
   through_k = jnp.where(sched.k < sched.K - 1, (R // sched.K) * (sched.k + 1), R)
   removed = redundant | pruned
   quota = jnp.maximum(through_k - jnp.sum(removed.astype(jnp.int32)), 0)
 
-  def select(ops):
-    x, uu, red = ops
-    scores = sal.saliency(sp, x, jax.tree_util.tree_map(jnp.negative, uu), weights)
+  def select(red):
+    scores = sal.saliency(sp, params, direction(), weights)
     return red | cm.select_groups(scores, ~removed, quota, sp, removed, multiple_of)
 
-  redundant = cm.cond(sched.in_window & (sched.j == 0), select, lambda ops: ops[2],
-                      (params, u, redundant))
+  redundant = cm.cond(sched.in_window & (sched.j == 0), select, lambda red: red, redundant)
   factor = cm.decay_factor(sched.T, sched.j)
   out = cm.masked_updates(u, params, sp, forget=redundant & sched.in_window, factor=factor,
                           zero=pruned)
