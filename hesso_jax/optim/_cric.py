@@ -182,7 +182,7 @@ def cycle_update(ph: CricPhase, score: jax.Array, R: jax.Array, sets: CycleSets,
 
 def loss_criterion(loss_ratio: jax.Array, mean_score: jax.Array, space: SearchSpace,
                    ktab: np.ndarray) -> jax.Array:
-  """(G,) the probes' loss signal as a sixth criterion, normalised like the other five.
+  """(G,) the probes' loss signal per group: a log loss ratio (0 = harmless to remove).
 
   Each group gets the log loss ratio of the *smallest* trial projection of its space that
   removed it (ranked by its mean saliency inside the space): the marginal cost of losing the
@@ -200,16 +200,23 @@ def loss_criterion(loss_ratio: jax.Array, mean_score: jax.Array, space: SearchSp
   c = cost[ids]                                         # (G, L)
   g_cost = jnp.where(jnp.any(in_trial, axis=1), jnp.take_along_axis(c, first[:, None], 1)[:, 0],
                      jnp.max(c, axis=1))
-  return sal.normalize(g_cost)
+  return g_cost
 
 
 def final_selection(score_sum: jax.Array, score_count: jax.Array, loss_ratio: jax.Array,
                     loss_weight: float, space: SearchSpace, ktab: np.ndarray, R: jax.Array,
                     multiple_of: ArrayLike) -> jax.Array:
-  """bool (G,): the ``R`` groups with the lowest mean saliency + ``loss_weight`` * loss term."""
+  """bool (G,): the ``R`` groups with the lowest mean saliency + ``loss_weight`` * loss term.
+
+  The loss term (:func:`loss_criterion`, a log loss ratio) is scaled by the mean absolute mean
+  saliency, so it is in the saliency's units and a negligible loss change stays negligible.
+  """
   G = space.num_groups
   mean_score = jnp.where(score_count > 0, score_sum / jnp.maximum(score_count, 1), jnp.inf)
-  final = mean_score + loss_weight * loss_criterion(loss_ratio, mean_score, space, ktab)
+  finite = jnp.isfinite(mean_score)
+  unit = jnp.sum(jnp.where(finite, jnp.abs(mean_score), 0.0)) / jnp.maximum(jnp.sum(finite), 1)
+  cost = loss_criterion(loss_ratio, mean_score, space, ktab)
+  final = mean_score + loss_weight * unit * cost
   final = jnp.where(jnp.isfinite(final), final, jnp.inf)
   return cm.select_groups(final, jnp.ones((G,), bool), R, space, jnp.zeros((G,), bool),
                           multiple_of)
@@ -268,8 +275,8 @@ def hesso_cric(
   4. Termination step: final score = mean recorded saliency + ``importance['loss']`` * the loss
      criterion: each group's cost is ``log(max(loss_ratio, 1))`` of the smallest trial projection
      of its space that removed it (ranked by mean saliency within the space; groups no trial
-     removed get the space's largest cost), normalised over all groups like the five saliency
-     criteria. The ``R`` lowest are selected (with ``multiple_of``, like HESSO) and the cache is
+     removed get the space's largest cost), in units of the mean saliency (a probe that
+     multiplies the loss by ``e`` shifts its band by one mean saliency). The ``R`` lowest are selected (with ``multiple_of``, like HESSO) and the cache is
      restored.
   5. Hybrid training over ``H`` steps: the selected groups get ``(x + u)*(H-j-1)/(H-j) - x`` and
      are committed as pruned at ``j == H-1``. Pruned groups are exactly 0.0 after every step.
@@ -286,11 +293,15 @@ def hesso_cric(
 
   Why final counts may sit on trial-sparsity boundaries: the loss criterion is constant on each
   *band* of a space (the groups first removed by the same trial projection, i.e. within-space
-  saliency ranks in ``[floor(n_s*tau_{i-1}), floor(n_s*tau_i))``). When the loss weight is large
+  saliency ranks in ``[floor(n_s*tau_{i-1}), floor(n_s*tau_i))``). When the loss term is large
   next to the saliency spread, the final ranking is decided band by band, so a space loses whole
   bands and its pruned count lands on ``floor(n_s * tau)`` (e.g. 64 of 128 with ``tau = 0.5``).
   The saliency terms order groups inside a band and decide where the last, partial band is cut.
-  Lower ``importance['loss']`` (e.g. 0.2, one criterion among six) to make the loss a tie-breaker.
+  The loss term is therefore kept in absolute units: a probe that barely moves the loss (ratio
+  1.002) shifts its band by 0.2% of the mean saliency and only refines the saliency ranking; a
+  probe that doubles the loss shifts it by 0.7 mean saliencies and protects the band. (An
+  earlier version normalised the costs by their own norm, which blew noise-level differences up
+  to full weight and put the final counts on band edges.)
 
   Like :func:`hesso_jax.hesso`, this must be the outermost transformation. Departures from the
   reference (only_train_once ``HESSOCRIC``): ``start_cric_step=0`` works (0-based count);
@@ -298,8 +309,8 @@ def hesso_cric(
   starts at ``(S-1)/S`` on the restored parameters (the reference zeroes at once, then damps);
   the final ranking excludes nothing (the reference's important list excludes the last violating
   set); unprunable spaces keep training during cycles (the reference freezes them); non-finite
-  scores or loss ratios make groups never selected. The loss term is a normalised, per-group
-  criterion rather than the raw ``mean ratio / set size`` added to every group of a space: with a
+  scores or loss ratios make groups never selected. The loss term is a per-group criterion in
+  units of the mean saliency rather than the raw ``mean ratio / set size`` added to every group of a space: with a
   near-zero reference loss (a well-fit small model) raw ratios reach 1e3..1e4, swamp the saliency
   terms and prune whole layers by space (digits CNN at 70%: 35% accuracy with raw ratios, 96% with
   this criterion; HESSO 98%).
