@@ -175,7 +175,8 @@ def bench_model(name: str, repeats: int, inner: int) -> tuple[list[dict], dict]:
     rows.append({"model": name, "optimizer": label, "phase": ph, "measure": kind,
                  "median_us": 1e6 * float(np.median(times[k])),
                  "base_us": 1e6 * float(np.median(times[f"sgd/-/{kind}"])),
-                 "ratio": r["median"], "q25": r["q25"], "q75": r["q75"], "min_ratio": r["min_ratio"]})
+                 "ratio": r["median"], "q25": r["q25"], "q75": r["q75"],
+                 "min_ratio": r["min_ratio"]})
   n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
   return rows, {"params": n_params, "groups": space.num_groups,
                 "prunable_spaces": len(space.prunable_spaces),

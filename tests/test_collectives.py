@@ -19,8 +19,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 @pytest.fixture(scope="module")
 def res():
+  path = os.pathsep.join([os.path.dirname(HERE), HERE, os.environ.get("PYTHONPATH", "")])
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), HERE, os.environ.get("PYTHONPATH", "")]))
+             PYTHONPATH=path)
   out = subprocess.run([sys.executable, os.path.join(HERE, "_collectives_worker.py")], env=env,
                        capture_output=True, text=True, timeout=900, check=True)
   line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))

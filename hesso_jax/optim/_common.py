@@ -97,9 +97,9 @@ def warn_if_unreachable(space: SearchSpace, s: ArrayLike, multiple_of: ArrayLike
   cap = sum(max(sp.size - int(cm), 0) for sp in space.prunable_spaces)
   if R > cap:
     warnings.warn(
-        f"target_group_sparsity={cs}: R={R} groups requested but at most {cap} can be removed while "
-        f"keeping >= multiple_of={cm} groups in every space; the final sparsity will be lower",
-        stacklevel=4)
+        f"target_group_sparsity={cs}: R={R} groups requested but at most {cap} can be removed "
+        f"while keeping >= multiple_of={cm} groups in every space; the final sparsity will be "
+        "lower", stacklevel=3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,7 +175,7 @@ def target_num_groups(num_groups: int, target_group_sparsity: ArrayLike) -> jax.
 
 
 def decay_factor(length: jax.Array, j: jax.Array) -> jax.Array:
-  """float32 ``(length-j-1)/(length-j)``: step ``j`` of a linear decay reaching 0 at ``length-1``."""
+  """float32 ``(length-j-1)/(length-j)``: step ``j`` of a linear decay, 0 at ``j = length-1``."""
   return (length - j - 1).astype(jnp.float32) / (length - j).astype(jnp.float32)
 
 

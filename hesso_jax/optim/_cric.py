@@ -276,8 +276,8 @@ def hesso_cric(
      criterion: each group's cost is ``log(max(loss_ratio, 1))`` of the smallest trial projection
      of its space that removed it (ranked by mean saliency within the space; groups no trial
      removed get the space's largest cost), in units of the mean saliency (a probe that
-     multiplies the loss by ``e`` shifts its band by one mean saliency). The ``R`` lowest are selected (with ``multiple_of``, like HESSO) and the cache is
-     restored.
+     multiplies the loss by ``e`` shifts its band by one mean saliency). The ``R`` lowest are
+     selected (with ``multiple_of``, like HESSO) and the cache is restored.
   5. Hybrid training over ``H`` steps: the selected groups get ``(x + u)*(H-j-1)/(H-j) - x`` and
      are committed as pruned at ``j == H-1``. Pruned groups are exactly 0.0 after every step.
 
@@ -310,10 +310,9 @@ def hesso_cric(
   the final ranking excludes nothing (the reference's important list excludes the last violating
   set); unprunable spaces keep training during cycles (the reference freezes them); non-finite
   scores or loss ratios make groups never selected. The loss term is a per-group criterion in
-  units of the mean saliency rather than the raw ``mean ratio / set size`` added to every group of a space: with a
-  near-zero reference loss (a well-fit small model) raw ratios reach 1e3..1e4, swamp the saliency
-  terms and prune whole layers by space (digits CNN at 70%: 35% accuracy with raw ratios, 96% with
-  this criterion; HESSO 98%).
+  units of the mean saliency rather than the raw ``mean ratio / set size`` added to every group
+  of a space: with a near-zero reference loss (a well-fit small model) raw ratios reach
+  1e3..1e4, swamp the saliency terms and prune whole layers by space.
 
   Args:
     base_tx: the base optax transformation.
@@ -349,25 +348,11 @@ def hesso_cric(
     >>> print(hj.pruned_mask(state), params["w"][0, ::2])
     [ True False  True False] [0. 0.]
   """
-  if sampling_steps is None:
-    raise TypeError("hesso_cric: sampling_steps (the length of one CRIC cycle, e.g. 10-100 steps) "
-                    "is required")
-  if hybrid_training_steps is None:
-    raise TypeError("hesso_cric: hybrid_training_steps (the length of the final forgetting period) "
-                    "is required")
-  cm.check_sparsity("target_group_sparsity", target_group_sparsity)
-  cm.check_int("start_cric_step", start_cric_step, lo=0)
-  cm.check_int("sampling_steps", sampling_steps, lo=1)
-  cm.check_int("max_cycle_period", max_cycle_period, lo=1)
-  cm.check_int("tolerance", tolerance, lo=0)
-  cm.check_int("hybrid_training_steps", hybrid_training_steps, lo=1)
-  cm.check_int("multiple_of", multiple_of, lo=1)
-  trials = _check_trials(trial_sparsities)
-  cm.check_space(space)
-  weights = sal.validate_importance(importance, extra=("loss",))
-  loss_w = weights.pop("loss", 0.0)
-  if not weights:
-    raise ValueError("importance: at least one saliency criterion besides 'loss' is needed")
+  trials, weights, loss_w = _check_args(
+      space, target_group_sparsity=target_group_sparsity, start_cric_step=start_cric_step,
+      sampling_steps=sampling_steps, max_cycle_period=max_cycle_period, tolerance=tolerance,
+      hybrid_training_steps=hybrid_training_steps, trial_sparsities=trial_sparsities,
+      importance=importance, multiple_of=multiple_of)
   cm.warn_if_unreachable(space, target_group_sparsity, multiple_of)
   base = optax.with_extra_args_support(base_tx)
   G = space.num_groups
@@ -430,11 +415,40 @@ def hesso_cric(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _check_args(space: SearchSpace, *, target_group_sparsity: ArrayLike, start_cric_step: ArrayLike,
+                sampling_steps: ArrayLike | None, max_cycle_period: ArrayLike,
+                tolerance: ArrayLike, hybrid_training_steps: ArrayLike | None,
+                trial_sparsities: Sequence[float], importance: Mapping[str, float],
+                multiple_of: ArrayLike) -> tuple[tuple[float, ...], dict, float]:
+  """Validate :func:`hesso_cric`'s arguments; returns (trials, saliency weights, loss weight)."""
+  if sampling_steps is None:
+    raise TypeError("hesso_cric: sampling_steps (the length of one CRIC cycle, e.g. 10-100 steps) "
+                    "is required")
+  if hybrid_training_steps is None:
+    raise TypeError("hesso_cric: hybrid_training_steps (the length of the final forgetting period) "
+                    "is required")
+  cm.check_sparsity("target_group_sparsity", target_group_sparsity)
+  cm.check_int("start_cric_step", start_cric_step, lo=0)
+  cm.check_int("sampling_steps", sampling_steps, lo=1)
+  cm.check_int("max_cycle_period", max_cycle_period, lo=1)
+  cm.check_int("tolerance", tolerance, lo=0)
+  cm.check_int("hybrid_training_steps", hybrid_training_steps, lo=1)
+  cm.check_int("multiple_of", multiple_of, lo=1)
+  trials = _check_trials(trial_sparsities)
+  cm.check_space(space)
+  weights = sal.validate_importance(importance, extra=("loss",))
+  loss_w = weights.pop("loss", 0.0)
+  if not weights:
+    raise ValueError("importance: at least one saliency criterion besides 'loss' is needed")
+  return trials, weights, loss_w
+
+
 def _check_trials(trial_sparsities: Sequence[float]) -> tuple[float, ...]:
   try:
     trials = tuple(float(t) for t in trial_sparsities)
   except TypeError as e:
-    raise TypeError(f"trial_sparsities must be a sequence of numbers, got {trial_sparsities!r}") from e
+    raise TypeError(
+        f"trial_sparsities must be a sequence of numbers, got {trial_sparsities!r}") from e
   if not trials or any(not 0.0 < t < 1.0 for t in trials):
     raise ValueError(f"trial_sparsities must be a non-empty sequence of values in (0, 1), got "
                      f"{trial_sparsities!r}")

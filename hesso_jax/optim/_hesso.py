@@ -141,11 +141,12 @@ def hesso(
   cm.check_int("pruning_periods", pruning_periods, lo=1)
   cm.check_int("pruning_steps", pruning_steps, lo=1)
   cm.check_int("multiple_of", multiple_of, lo=1)
-  cp, ck = cm.concrete("pruning_steps", pruning_steps), cm.concrete("pruning_periods", pruning_periods)
+  cp = cm.concrete("pruning_steps", pruning_steps)
+  ck = cm.concrete("pruning_periods", pruning_periods)
   if cp is not None and ck is not None and ck > cp:
     raise ValueError(
-        f"pruning_periods ({pruning_periods}) must not exceed pruning_steps ({pruning_steps}): each "
-        "period needs at least one step")
+        f"pruning_periods ({pruning_periods}) must not exceed pruning_steps ({pruning_steps}): "
+        "each period needs at least one step")
   cm.check_space(space)
   weights = sal.validate_importance(importance)
   base = optax.with_extra_args_support(base_tx)

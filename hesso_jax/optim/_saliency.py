@@ -169,7 +169,8 @@ def avg_magnitude(space: SearchSpace, params: Any, direction: Any = None) -> jax
   return _avg_magnitude(group_stats(space, params, None))
 
 
-def cosine_similarity(space: SearchSpace, params: Any, direction: Any, eps: float = EPS) -> jax.Array:
+def cosine_similarity(space: SearchSpace, params: Any, direction: Any,
+                      eps: float = EPS) -> jax.Array:
   """Raw ``<x_g, d_g> / (||x_g|| ||d_g|| + eps) + 1`` per group (range [0, 2])."""
   return _cosine_similarity(group_stats(space, params, direction), eps)
 
@@ -184,7 +185,7 @@ def taylor_second_order(space: SearchSpace, params: Any, direction: Any) -> jax.
   return _taylor_second_order(group_stats(space, params, direction))
 
 
-# --- combination -----------------------------------------------------------------------------------
+# --- combination ---------------------------------------------------------------------------------
 
 
 def validate_importance(importance: Mapping[str, Any], *, extra: tuple[str, ...] = (),
