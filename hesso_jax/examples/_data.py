@@ -32,6 +32,15 @@ def load_digits(test_size: float = 0.25, seed: int = 0, *, flat: bool = False) -
   Raises:
     ImportError: scikit-learn is not installed (it ships the data).
     ValueError: ``test_size`` is not in (0, 1).
+
+  Example:
+
+  >>> from hesso_jax.examples import load_digits
+  >>> data = load_digits()
+  >>> data.x_train.shape, data.x_test.shape, data.x_train.dtype
+  ((1347, 8, 8, 1), (450, 8, 8, 1), dtype('float32'))
+  >>> load_digits(flat=True).x_train.shape
+  (1347, 64)
   """
   if not 0.0 < test_size < 1.0:
     raise ValueError(f"test_size must be in (0, 1), got {test_size}")
@@ -61,6 +70,14 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int = 0,
 
   Raises:
     ValueError: ``x`` and ``y`` differ in length, or ``batch_size`` is not in [1, len(x)].
+
+  Example (5 examples, batches of 2: two per epoch, the fifth example waits for the next epoch):
+
+  >>> import numpy as np
+  >>> from hesso_jax.examples import batches
+  >>> x, y = np.arange(10.0).reshape(5, 2), np.arange(5)
+  >>> [yb.tolist() for _, yb in batches(x, y, 2, seed=0, steps=3)]
+  [[2, 4], [3, 0], [4, 1]]
   """
   n = len(x)
   if n != len(y):
