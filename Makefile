@@ -36,7 +36,7 @@ doctest: $(STAMP)
 
 # The documentation site (Sphinx + MyST); warnings are errors. Output: docs/_build/html.
 docs: $(STAMP)
-	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	$(PY) -m sphinx -E -W --keep-going -q -b html docs docs/_build/html
 
 # A reduced suite on the oldest supported jax / flax / optax / orbax (tools/oldest.txt).
 test-oldest:
