@@ -46,4 +46,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
 
 clean:
-	rm -rf $(VENV) results .pytest_cache docs/_build .venv-oldest
+	rm -rf $(VENV) results .pytest_cache docs/_build build/venv-oldest
