@@ -88,6 +88,8 @@ def api_markdown() -> str:
   groups: dict[str, list[str]] = {}
   for name in public_names(hesso_jax):
     obj = getattr(hesso_jax, name)
+    if isinstance(obj, types.ModuleType) or name == "__version__":
+      continue
     key = "constants" if not (inspect.isclass(obj) or callable(obj)) else _section(obj)
     groups.setdefault(key, []).append(name)
   order = [k for k in SECTIONS if k in groups] + sorted(k for k in groups if k not in SECTIONS)
