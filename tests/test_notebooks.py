@@ -1,17 +1,21 @@
-"""Execute the Colab notebooks in colab/ top to bottom (small mode), and check they are generated.
+"""The Colab notebooks: generated from their jupytext sources, linted, and executed (small mode).
 
-Executing them is slow-ish (about half a minute each on two CPU cores), so they carry the
+``colab/NN_name.py`` (jupytext percent format) is the source of ``colab/NN_name.ipynb``;
+``colab/sync.py`` writes the notebooks. The cheap checks always run: every notebook is in sync
+with its source and stores no outputs, the install cell installs from the repository declared in
+pyproject.toml (overridable with ``HESSO_JAX_WHEEL``), and ``ruff check colab`` passes.
+
+Executing them is slow-ish (about half a minute each on two CPU cores), so those tests carry the
 ``notebooks`` marker, which the default run deselects (pyproject addopts), and run separately:
 
-    make notebooks          # = .venv/bin/python -m pytest -q -m notebooks tests/test_notebooks.py
+    make notebooks          # this interpreter, the package as installed in .venv
+    make wheel-notebooks    # a fresh venv holding only the built wheel (tools/wheel_notebooks.sh)
 
-Each notebook runs in a fresh IPython kernel started with *this* interpreter (a throw-away kernel
-spec pointing at ``sys.executable`` is written to a temporary JUPYTER_PATH, so no globally
-registered ``python3`` kernel is needed or used), from a temporary working directory (the
-notebooks must not depend on the repository layout), with ``HESSO_SMALL=1``.
-
-The generator check (committed .ipynb == ``colab/build_notebooks.py`` output, no outputs stored)
-is cheap and always runs.
+Each notebook runs in a fresh IPython kernel whose interpreter is ``HESSO_JAX_PYTHON`` (default:
+this one; a throw-away kernel spec in a temporary JUPYTER_PATH, so no globally registered kernel
+is used), from a temporary working directory (the notebooks must not depend on the repository
+layout), with ``HESSO_SMALL=1``. When ``HESSO_JAX_PYTHON`` is set, the kernel gets no PYTHONPATH,
+so ``hesso_jax`` can only come from what the notebook's install cell installed there.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import subprocess
 import sys
 import time
 
@@ -29,47 +34,66 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 COLAB = ROOT / "colab"
 NOTEBOOKS = sorted(p.name for p in COLAB.glob("[0-9][0-9]_*.ipynb"))
 KERNEL = "hesso-jax-notebook-test"
+KERNEL_PYTHON = os.environ.get("HESSO_JAX_PYTHON") or sys.executable
+ISOLATED = bool(os.environ.get("HESSO_JAX_PYTHON"))
 
 
-
-def _load_builder():
-  spec = importlib.util.spec_from_file_location("colab_build_notebooks", COLAB / "build_notebooks.py")
+def _load_sync():
+  spec = importlib.util.spec_from_file_location("colab_sync", COLAB / "sync.py")
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod
 
 
-def test_notebooks_are_generated_and_have_no_outputs(tmp_path):
-  pytest.importorskip("nbformat")
-  builder = _load_builder()
-  assert sorted(builder.NOTEBOOKS) == NOTEBOOKS, "colab/*.ipynb and build_notebooks.NOTEBOOKS differ"
-  for p in builder.build(tmp_path):
-    committed = (COLAB / p.name).read_text(encoding="utf-8")
-    assert committed == p.read_text(encoding="utf-8"), (
-        f"colab/{p.name} is out of date: run `python colab/build_notebooks.py` and commit it")
-    nb = json.loads(committed)
+def test_every_notebook_has_a_source():
+  assert NOTEBOOKS, "no notebooks in colab/"
+  assert [n[:-6] for n in NOTEBOOKS] == [p.stem for p in _load_sync().sources()]
+
+
+def test_notebooks_are_in_sync_with_their_sources():
+  stale = _load_sync().sync(check=True)
+  assert not stale, f"{stale} out of date: run `python colab/sync.py` and commit the result"
+
+
+def test_notebooks_store_no_outputs_and_install_from_the_declared_repository():
+  url = _load_sync().repository_url()
+  assert url.startswith("https://github.com/"), url
+  for name in NOTEBOOKS:
+    nb = json.loads((COLAB / name).read_text(encoding="utf-8"))
     for cell in nb["cells"]:
       if cell["cell_type"] == "code":
-        assert not cell.get("outputs") and cell.get("execution_count") is None, p.name
+        assert not cell.get("outputs") and cell.get("execution_count") is None, name
     first = nb["cells"][0]
     src = "".join(first["source"])
-    assert first["cell_type"] == "code" and "except ImportError" in src and "HESSO_SMALL" in src, p.name
+    assert first["cell_type"] == "code", name
+    for needle in (f'REPO = "{url}"', "HESSO_JAX_WHEEL", 'hesso-jax[{EXTRAS}] @ {src}',
+                   "HESSO_SMALL", "find_spec"):
+      assert needle in src, (name, needle)
+
+
+def test_notebook_sources_pass_ruff():
+  proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(COLAB)],
+                        capture_output=True, text=True, cwd=ROOT)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
 def kernel_env(tmp_path_factory):
-  """A kernel spec for this interpreter in a private JUPYTER_PATH (restored afterwards)."""
+  """A kernel spec for ``KERNEL_PYTHON`` in a private JUPYTER_PATH (restored afterwards)."""
   d = tmp_path_factory.mktemp("jupyter")
   kdir = d / "kernels" / KERNEL
   kdir.mkdir(parents=True)
+  env = {"HESSO_SMALL": "1", "JAX_PLATFORMS": "cpu", "MPLBACKEND": "Agg",
+         "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+  if ISOLATED:
+    env["PYTHONPATH"] = ""
   (kdir / "kernel.json").write_text(json.dumps({
-      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-      "display_name": "hesso_jax notebook tests", "language": "python",
-      "env": {"HESSO_SMALL": "1", "JAX_PLATFORMS": "cpu", "MPLBACKEND": "Agg",
-              "PYDEVD_DISABLE_FILE_VALIDATION": "1"},
+      "argv": [KERNEL_PYTHON, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+      "display_name": "hesso_jax notebook tests", "language": "python", "env": env,
   }))
   saved = {k: os.environ.get(k) for k in ("JUPYTER_PATH", "HESSO_SMALL")}
-  os.environ["JUPYTER_PATH"] = os.pathsep.join([str(d)] + ([saved["JUPYTER_PATH"]] if saved["JUPYTER_PATH"] else []))
+  os.environ["JUPYTER_PATH"] = os.pathsep.join(
+      [str(d)] + ([saved["JUPYTER_PATH"]] if saved["JUPYTER_PATH"] else []))
   os.environ["HESSO_SMALL"] = "1"
   yield KERNEL
   for k, v in saved.items():
@@ -86,7 +110,7 @@ def test_notebook_executes(name, kernel_env, tmp_path):
   from nbclient import NotebookClient
 
   nb = nbformat.read(COLAB / name, as_version=4)
-  client = NotebookClient(nb, kernel_name=kernel_env, timeout=600, allow_errors=False,
+  client = NotebookClient(nb, kernel_name=kernel_env, timeout=900, allow_errors=False,
                           resources={"metadata": {"path": str(tmp_path)}})
   t0 = time.perf_counter()
   client.execute()
@@ -99,3 +123,9 @@ def test_notebook_executes(name, kernel_env, tmp_path):
   errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
             if o.get("output_type") == "error"]
   assert not errors, errors
+  if ISOLATED:  # the package the kernel used is the installed wheel, not this checkout
+    proc = subprocess.run([KERNEL_PYTHON, "-c", "import hesso_jax; print(hesso_jax.__file__)"],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert not pathlib.Path(proc.stdout.strip()).resolve().is_relative_to(ROOT), proc.stdout
