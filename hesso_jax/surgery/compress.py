@@ -320,6 +320,7 @@ class _AtShapes:
   def __init__(self, fn: Callable, variables: Any, space: SearchSpace, keep: np.ndarray,
                sh: _Shrink):
     self.fn, self.space, self.keep, self.sh = fn, space, keep, sh
+    self.var_leaves = jax.tree_util.tree_leaves(variables)  # the full ones, to record folds
     self.tr = sh.an.traced
     self.abstract = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), jax.numpy.result_type(x)), variables)
@@ -351,10 +352,6 @@ class _AtShapes:
     it = iter(jax.ShapeDtypeStruct(shp, dt) for shp, dt in key)
     leaves = [next(it) if d else s for d, s in zip(tr.arg_dynamic, tr.arg_static)]
     args, kwargs = jax.tree_util.tree_unflatten(tr.arg_treedef, leaves)
-    if self.sh.corrections:
-      raise ValueError(f"small_fn: called at other input sizes ({self._changed(key)}) than at "
-                       "compress time; folded spaces (named '(exact, folded)') are only exact at "
-                       "the compress-time shapes: compress again at these shapes")
     try:
       an = analyse(self.fn, self.abstract, *args, approximate=True, fold=True, **kwargs)
       ids = _match_spaces(self.space, an)
@@ -364,7 +361,14 @@ class _AtShapes:
                        f"{type(e).__name__}: {e}") from e
     leaf_keep = {an.atoms.find(leaf): self.keep[off:off + s.size] for s, off, leaf in zip(
         self.space.prunable_spaces, self.space.group_offsets, ids, strict=True)}
-    return _Shrink(an, leaf_keep)
+    corrections = {}
+    if self.sh.corrections:
+      # folded constants do not depend on the data inputs: record them on zeros of the new shapes
+      zeros = [np.zeros(shp, dt) for shp, dt in key]
+      with jax.ensure_compile_time_eval():  # small_fn may be called under jit: record eagerly
+        corrections = _fold_corrections(an, leaf_keep, list(an.traced.closed.consts),
+                                        list(self.var_leaves) + zeros)
+    return _Shrink(an, leaf_keep, corrections=corrections)
 
   def _check_variables(self, sh: _Shrink, small_leaves: list, key: tuple) -> None:
     invars = sh.an.visit.jaxpr.invars[:self.tr.num_var_leaves]
