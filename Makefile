@@ -49,8 +49,8 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
 
 lint: $(STAMP)
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
+	$(PY) -m ruff check hesso_jax tools
+	$(PY) -m ruff format --check hesso_jax tools
 
 typecheck: $(STAMP)
 	$(PY) -m mypy

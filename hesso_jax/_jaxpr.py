@@ -14,49 +14,115 @@ from typing import Any
 import jax.extend.core as jcore
 
 __all__ = [
-    "CALL_PRIMITIVES",
-    "CONTROL_FLOW_PRIMITIVES",
-    "ELEMENTWISE_PRIMITIVES",
-    "REDUCTION_PRIMITIVES",
-    "call_body",
-    "is_drop",
-    "is_literal",
-    "literal_value",
-    "open_jaxpr",
-    "sub_jaxprs",
+  "CALL_PRIMITIVES",
+  "CONTROL_FLOW_PRIMITIVES",
+  "ELEMENTWISE_PRIMITIVES",
+  "REDUCTION_PRIMITIVES",
+  "call_body",
+  "is_drop",
+  "is_literal",
+  "literal_value",
+  "open_jaxpr",
+  "sub_jaxprs",
 ]
 
 # Call-like primitives: one body, the equation's inputs map 1:1 to the body's inputs.
 # name -> the params key holding the body (a ClosedJaxpr or Jaxpr).
 CALL_PRIMITIVES: dict[str, str] = {
-    "jit": "jaxpr",
-    "pjit": "jaxpr",
-    "closed_call": "call_jaxpr",
-    "core_call": "call_jaxpr",
-    "custom_jvp_call": "call_jaxpr",
-    "custom_vjp_call": "call_jaxpr",
-    "custom_vjp_call_jaxpr": "fun_jaxpr",
-    "remat2": "jaxpr",
-    "checkpoint": "jaxpr",
+  "jit": "jaxpr",
+  "pjit": "jaxpr",
+  "closed_call": "call_jaxpr",
+  "core_call": "call_jaxpr",
+  "custom_jvp_call": "call_jaxpr",
+  "custom_vjp_call": "call_jaxpr",
+  "custom_vjp_call_jaxpr": "fun_jaxpr",
+  "remat2": "jaxpr",
+  "checkpoint": "jaxpr",
 }
 
 # Primitives with their own structured sub-jaxprs (handled case by case by each pass).
 CONTROL_FLOW_PRIMITIVES = frozenset({"scan", "while", "cond"})
 
 ELEMENTWISE_PRIMITIVES = frozenset(
-    """
-add sub mul div rem pow integer_pow max min neg abs sign exp exp2 log log1p expm1 tanh logistic
-sin cos tan asin acos atan atan2 sinh cosh asinh acosh atanh sqrt rsqrt cbrt erf erfc erf_inv
-lgamma digamma square reciprocal floor ceil round nextafter select_n clamp is_finite
-eq ne lt le gt ge and or not xor
-""".split()
+  [
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "rem",
+    "pow",
+    "integer_pow",
+    "max",
+    "min",
+    "neg",
+    "abs",
+    "sign",
+    "exp",
+    "exp2",
+    "log",
+    "log1p",
+    "expm1",
+    "tanh",
+    "logistic",
+    "sin",
+    "cos",
+    "tan",
+    "asin",
+    "acos",
+    "atan",
+    "atan2",
+    "sinh",
+    "cosh",
+    "asinh",
+    "acosh",
+    "atanh",
+    "sqrt",
+    "rsqrt",
+    "cbrt",
+    "erf",
+    "erfc",
+    "erf_inv",
+    "lgamma",
+    "digamma",
+    "square",
+    "reciprocal",
+    "floor",
+    "ceil",
+    "round",
+    "nextafter",
+    "select_n",
+    "clamp",
+    "is_finite",
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "and",
+    "or",
+    "not",
+    "xor",
+  ]
 )
 
 REDUCTION_PRIMITIVES = frozenset(
-    """
-reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or argmax argmin
-cumsum cumprod cummax cummin cumlogsumexp reduce_precision
-""".split()
+  [
+    "reduce_sum",
+    "reduce_max",
+    "reduce_min",
+    "reduce_prod",
+    "reduce_and",
+    "reduce_or",
+    "argmax",
+    "argmin",
+    "cumsum",
+    "cumprod",
+    "cummax",
+    "cummin",
+    "cumlogsumexp",
+    "reduce_precision",
+  ]
 )
 
 
@@ -76,7 +142,7 @@ def is_drop(v: Any) -> bool:
 
 
 def open_jaxpr(j: Any) -> tuple[Any, list]:
-  """``(jaxpr, consts)`` of a ``ClosedJaxpr`` (consts as a list) or of an open ``Jaxpr`` (no consts)."""
+  """``(jaxpr, consts)`` of a ``ClosedJaxpr`` (consts as a list) or of an open ``Jaxpr`` (none)."""
   if isinstance(j, jcore.ClosedJaxpr):
     return j.jaxpr, list(j.consts)
   return j, []
@@ -89,7 +155,7 @@ def call_body(eqn: Any) -> Any | None:
     return None
   key = CALL_PRIMITIVES[name]
   if key not in eqn.params:  # the params key moved between jax versions
-    key = next((k for k in ("jaxpr", "call_jaxpr", "fun_jaxpr") if k in eqn.params), None)
+    key = next((k for k in ("jaxpr", "call_jaxpr", "fun_jaxpr") if k in eqn.params), None)  # type: ignore[assignment]
   return None if key is None else eqn.params[key]
 
 

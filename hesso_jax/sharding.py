@@ -161,7 +161,7 @@ def opt_state_shardings(
   p_leaves = leaves_with_paths(params)
   s_flat = jax.tree_util.tree_leaves(param_shardings, is_leaf=lambda x: x is None)
   if len(s_flat) != len(p_leaves) or any(s is None for s in s_flat):
-    missing = [path_str(p) for (p, _), s in zip(p_leaves, s_flat, strict=False) if s is None][:5]
+    missing = [path_str(p) for (p, _), s in zip(p_leaves, s_flat, strict=True) if s is None][:5]
     raise ValueError(
       "opt_state_shardings: every parameter needs a sharding (arrays carry one; give "
       "jax.ShapeDtypeStruct(..., sharding=...) leaves or param_shardings=); missing for: "

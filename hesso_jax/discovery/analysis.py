@@ -16,19 +16,25 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
-
 
 from hesso_jax import _jaxpr as J
 from hesso_jax.discovery import rules as R
 from hesso_jax.discovery import values as V
 from hesso_jax.discovery.atoms import Atoms
 from hesso_jax.discovery.trace import Traced, trace
-from hesso_jax.space import (CONSUMER, PRODUCER, STATE, AxisSlice, ChannelSpace, SearchSpace,
-                             path_str)
-
+from hesso_jax.space import (
+  CONSUMER,
+  PRODUCER,
+  STATE,
+  AxisSlice,
+  ChannelSpace,
+  SearchSpace,
+  path_str,
+)
 
 # Atoms with these reasons are not channel axes at all; they are left out of the space.
 NOT_CHANNEL_CODES = frozenset({"spatial", "stacked"})
@@ -57,7 +63,7 @@ class Fold(NamedTuple):
   """
 
   visit: Visit
-  index: int
+  index: int  # type: ignore[assignment]
   side: int
   value: Any
 
@@ -112,7 +118,7 @@ class _Ctx:
       return
     m = {o: s[1][i] for o, i in mapping.items() if i in s[1]}
     if m:
-      self.visit.src[outvar] = (s[0], m)
+      self.visit.src[outvar] = (s[0], m)  # type: ignore[union-attr]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,7 +143,7 @@ def _walk_atoms(ctx: _Ctx, jaxpr, in_atoms, in_src=None, const_atoms=None) -> tu
       # Constants captured at trace time (RoPE tables, masks) are sliced along pruned channels by
       # compress, like state; they are never zero, which the zero pass accounts for.
       visit.env[v] = tuple(ctx.atoms.new(d) for d in R.shape_of(v))
-  for k, (v, a) in enumerate(zip(jaxpr.invars, in_atoms)):
+  for k, (v, a) in enumerate(zip(jaxpr.invars, in_atoms, strict=True)):
     visit.env[v] = a
     if in_src is not None and in_src[k] is not None:
       visit.src[v] = in_src[k]
@@ -146,7 +152,7 @@ def _walk_atoms(ctx: _Ctx, jaxpr, in_atoms, in_src=None, const_atoms=None) -> tu
     for i, eqn in enumerate(jaxpr.eqns):
       ins = [_atoms_of(ctx, visit, v) for v in eqn.invars]
       outs = _eqn_atoms(ctx, visit, i, eqn, ins)
-      for v, a in zip(eqn.outvars, outs):
+      for v, a in zip(eqn.outvars, outs, strict=True):
         if not J.is_drop(v):
           visit.env[v] = tuple(a)
           ctx.produced.extend(a)
@@ -191,15 +197,16 @@ def _scan_atoms(ctx, visit, i, eqn, ins):
     else:
       ctx.atoms.mark(a[0], "stacked", "scanned-over (stacked layer / time) axis")
       inner_in.append(a[1:])
-      inner_src.append(None if s is None else
-                       (s[0], {ax - 1: la for ax, la in s[1].items() if ax >= 1}))
+      inner_src.append(
+        None if s is None else (s[0], {ax - 1: la for ax, la in s[1].items() if ax >= 1})
+      )
   child, outs = _walk_atoms(ctx, body, inner_in, inner_src)
   for k in range(ncar):
-    for x, y in zip(inner_in[nc + k], outs[k]):
+    for x, y in zip(inner_in[nc + k], outs[k], strict=True):
       ctx.atoms.unify(x, y)
   visit.children[i] = [child]
   res = [inner_in[nc + k] for k in range(ncar)]
-  for v, a in zip(eqn.outvars[ncar:], outs[ncar:]):
+  for v, a in zip(eqn.outvars[ncar:], outs[ncar:], strict=True):
     lead = ctx.atoms.new(R.shape_of(v)[0], ("stacked", "scan output stacking axis"))
     res.append((lead,) + tuple(a))
   return res
@@ -211,12 +218,14 @@ def _while_atoms(ctx, visit, i, eqn, ins):
   cj, _ = J.open_jaxpr(p["cond_jaxpr"])
   bj, _ = J.open_jaxpr(p["body_jaxpr"])
   srcs = _srcs(visit, eqn.invars)
-  cconsts, bconsts, carry = ins[:cn], ins[cn:cn + bn], ins[cn + bn:]
-  csrc, bsrc = srcs[:cn], srcs[cn:cn + bn]
+  cconsts, bconsts, carry = ins[:cn], ins[cn : cn + bn], ins[cn + bn :]
+  csrc, bsrc = srcs[:cn], srcs[cn : cn + bn]
   cchild, _ = _walk_atoms(ctx, cj, list(cconsts) + list(carry), list(csrc) + [None] * len(carry))
-  bchild, bouts = _walk_atoms(ctx, bj, list(bconsts) + list(carry), list(bsrc) + [None] * len(carry))
-  for x, y in zip(carry, bouts):
-    for a, b in zip(x, y):
+  bchild, bouts = _walk_atoms(
+    ctx, bj, list(bconsts) + list(carry), list(bsrc) + [None] * len(carry)
+  )
+  for x, y in zip(carry, bouts, strict=True):
+    for a, b in zip(x, y, strict=True):
       ctx.atoms.unify(a, b)
   visit.children[i] = [cchild, bchild]
   return list(carry)
@@ -234,8 +243,8 @@ def _cond_atoms(ctx, visit, i, eqn, ins):
     if outs0 is None:
       outs0 = outs
     else:
-      for x, y in zip(outs0, outs):
-        for a, b in zip(x, y):
+      for x, y in zip(outs0, outs, strict=True):
+        for a, b in zip(x, y, strict=True):
           ctx.atoms.unify(a, b)
   visit.children[i] = kids
   return outs0
@@ -265,16 +274,18 @@ def _val_of(venv, v) -> V.Val:
 def _walk_zeros(ctx: _Ctx, visit: Visit, vin: list) -> list:
   """Abstract values of ``visit.jaxpr``'s outputs given its inputs' (marks sinks on the way)."""
   jaxpr = visit.jaxpr
-  venv = {v: _indep_val(ctx, visit.env.get(v, ()), frozenset())  # captured constants
-          for v in jaxpr.constvars}
-  venv.update(zip(jaxpr.invars, vin))
+  venv = {
+    v: _indep_val(ctx, visit.env.get(v, ()), frozenset())  # captured constants
+    for v in jaxpr.constvars
+  }
+  venv.update(zip(jaxpr.invars, vin, strict=True))
   saved = ctx.visit, ctx.cur
   ctx.visit = visit
   try:
     for i, eqn in enumerate(jaxpr.eqns):
       vals = [_val_of(venv, v) for v in eqn.invars]
-      ctx.cur = (visit, i, vals)
-      for v, val in zip(eqn.outvars, _eqn_zeros(ctx, visit, i, eqn, vals)):
+      ctx.cur = (visit, i, vals)  # type: ignore[assignment]
+      for v, val in zip(eqn.outvars, _eqn_zeros(ctx, visit, i, eqn, vals), strict=True):
         venv[v] = val
   finally:
     ctx.visit, ctx.cur = saved
@@ -322,19 +333,19 @@ def _control_flow_zeros(ctx, kids, eqn, vals):
     last = {}
 
     def step(c):
-      last["out"] = _walk_zeros(ctx, kids[0], vals[:nc] + c + vals[nc + ncar:])
+      last["out"] = _walk_zeros(ctx, kids[0], vals[:nc] + c + vals[nc + ncar :])
       return last["out"][:ncar]
 
-    carry = _fix_point(step, vals[nc:nc + ncar])  # the last step ran on ``carry`` itself
+    carry = _fix_point(step, vals[nc : nc + ncar])  # the last step ran on ``carry`` itself
     return carry + last["out"][ncar:]
   if name == "while":
     cn, bn = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
 
     def step(c):
       _walk_zeros(ctx, kids[0], vals[:cn] + c)
-      return _walk_zeros(ctx, kids[1], vals[cn:cn + bn] + c)
+      return _walk_zeros(ctx, kids[1], vals[cn : cn + bn] + c)
 
-    return _fix_point(step, vals[cn + bn:])
+    return _fix_point(step, vals[cn + bn :])
   res = None  # cond: what holds on every branch
   for kid in kids:
     zo = _walk_zeros(ctx, kid, vals[1:])
@@ -366,9 +377,16 @@ def _path_matcher(ignore) -> Callable[[tuple], bool]:
   return lambda p: any(r.search(path_str(p)) for r in pats)
 
 
-def analyse(fn, variables, *args, ignore=None, approximate: bool = False,
-            is_state: Callable[[tuple], bool] | None = None, fold: bool = False,
-            **kwargs) -> Analysis:
+def analyse(
+  fn,
+  variables,
+  *args,
+  ignore=None,
+  approximate: bool = False,
+  is_state: Callable[[tuple], bool] | None = None,
+  fold: bool = False,
+  **kwargs,
+) -> Analysis:
   tr = trace(fn, variables, *args, is_state=is_state, **kwargs)
   ctx = _Ctx(fold)
   A = ctx.atoms
@@ -380,9 +398,8 @@ def analyse(fn, variables, *args, ignore=None, approximate: bool = False,
       in_atoms.append(tuple(A.new(d) for d in shp))
       in_src.append((k, {ax: ax for ax in range(len(shp))}))
     else:
-      in_atoms.append(tuple(A.new(d, ("input", "tied to the function's data input"))
-                            for d in shp))
-      in_src.append(None)
+      in_atoms.append(tuple(A.new(d, ("input", "tied to the function's data input")) for d in shp))
+      in_src.append(None)  # type: ignore[arg-type]
   visit, outs = _walk_atoms(ctx, jaxpr, in_atoms, in_src)
   for o in outs:
     A.mark_all(o, "output", "reaches the function's output")
@@ -401,10 +418,15 @@ def analyse(fn, variables, *args, ignore=None, approximate: bool = False,
         roles[(k, ax)] = PRODUCER
 
   zin = []
-  for k, v in enumerate(jaxpr.invars):
+  for k, _v in enumerate(jaxpr.invars):
     if k < tr.num_var_leaves:
-      zin.append(_indep_val(ctx, in_atoms[k], A.leafset(
-          [a for ax, a in enumerate(in_atoms[k]) if roles[(k, ax)] == PRODUCER])))
+      zin.append(
+        _indep_val(
+          ctx,
+          in_atoms[k],
+          A.leafset([a for ax, a in enumerate(in_atoms[k]) if roles[(k, ax)] == PRODUCER]),
+        )
+      )
     else:
       zin.append(V.BOTTOM)  # data inputs: nothing known, input-dependent
   _walk_zeros(ctx, visit, zin)
@@ -417,8 +439,15 @@ def analyse(fn, variables, *args, ignore=None, approximate: bool = False,
     for ax, a in enumerate(in_atoms[k]):
       for leaf, off, width, outer, inner in A.axis_members(a):
         n = A.size[leaf]
-        m = AxisSlice(path, ax, roles[(k, ax)], offset=off,
-                      width=None if (width == n and off == 0) else width, outer=outer, inner=inner)
+        m = AxisSlice(
+          path,
+          ax,
+          roles[(k, ax)],
+          offset=off,
+          width=None if (width == n and off == 0) else width,
+          outer=outer,
+          inner=inner,
+        )
         members.setdefault(leaf, []).append(m)
         if ignored(path):
           ignored_leaves.setdefault(leaf, path_str(path))
@@ -427,8 +456,11 @@ def analyse(fn, variables, *args, ignore=None, approximate: bool = False,
   spaces, leaves = [], []
   for leaf, ms in members.items():
     n = A.size[leaf]
-    reasons = [msg for code, msg in _by_cause(bad.get(leaf, []))
-               if not (approximate and code in APPROXIMATE_CODES)]
+    reasons = [
+      msg
+      for code, msg in _by_cause(bad.get(leaf, []))
+      if not (approximate and code in APPROXIMATE_CODES)
+    ]
     if n <= 1 or any(code in NOT_CHANNEL_CODES for code, _ in bad.get(leaf, [])):
       continue  # not a channel axis at all (spatial, window, stacked layers)
     if leaf in ignored_leaves:
@@ -437,17 +469,22 @@ def analyse(fn, variables, *args, ignore=None, approximate: bool = False,
       if not any(m.role == PRODUCER for m in ms):
         reasons.append("no parameter produces this channel")
       if leaf not in used:
-        reasons.append("never read by the traced function (e.g. positions beyond the traced "
-                       "length)")
+        reasons.append(
+          "never read by the traced function (e.g. positions beyond the traced length)"
+        )
     approx = approximate and any(code in APPROXIMATE_CODES for code, _ in bad.get(leaf, []))
     name = _space_name(ms) + (" (approximate)" if approx and not reasons else "")
     if leaf in ctx.folds and not reasons:
       name += " (exact, folded)"
-    spaces.append(ChannelSpace(n, tuple(ms), prunable=not reasons, reason="; ".join(reasons),
-                               name=name))
+    spaces.append(
+      ChannelSpace(n, tuple(ms), prunable=not reasons, reason="; ".join(reasons), name=name)
+    )
     leaves.append(leaf)
-  folds = {leaf: ctx.folds[leaf] for leaf, s in zip(leaves, spaces)
-           if s.prunable and leaf in ctx.folds}
+  folds = {
+    leaf: ctx.folds[leaf]
+    for leaf, s in zip(leaves, spaces, strict=True)
+    if s.prunable and leaf in ctx.folds
+  }
   return Analysis(tr, visit, A, SearchSpace(tuple(spaces)), tuple(leaves), folds)
 
 
@@ -463,14 +500,22 @@ def _by_cause(reasons: list) -> list:
     if code in _CAUSE_ORDER:
       return _CAUSE_ORDER.index(code)
     return len(_CAUSE_ORDER) + (1 if code in _CONSEQUENCES else 0)
+
   return sorted(reasons, key=lambda r: rank(r[0]))  # stable: otherwise in the order found
 
 
 def _space_name(ms) -> str:
   prods = [m for m in ms if m.role == PRODUCER] or list(ms)
-  weights = [m for m in prods if str(m.path[-1]) in ("kernel", "weight", "w", "embedding")
-             or (str(m.path[-1]) == "value" and len(m.path) > 1
-                 and str(m.path[-2]) in ("kernel", "weight", "embedding"))]
+  weights = [
+    m
+    for m in prods
+    if str(m.path[-1]) in ("kernel", "weight", "w", "embedding")
+    or (
+      str(m.path[-1]) == "value"
+      and len(m.path) > 1
+      and str(m.path[-2]) in ("kernel", "weight", "embedding")
+    )
+  ]
   m = (weights or prods)[0]
   lay = []
   if m.outer != 1:
@@ -480,9 +525,16 @@ def _space_name(ms) -> str:
   return f"{path_str(m.path)}[{m.axis}]" + (f" ({', '.join(lay)})" if lay else "")
 
 
-def discover(fn: Callable, variables: Any, *args, ignore=None, approximate: bool = False,
-             is_state: Callable[[tuple], bool] | None = None, fold: bool = False,
-             **kwargs) -> SearchSpace:
+def discover(
+  fn: Callable,
+  variables: Any,
+  *args,
+  ignore=None,
+  approximate: bool = False,
+  is_state: Callable[[tuple], bool] | None = None,
+  fold: bool = False,
+  **kwargs,
+) -> SearchSpace:
   """Find the zero-invariant channel spaces of ``fn(variables, *args, **kwargs)``.
 
   Args:
@@ -520,5 +572,13 @@ def discover(fn: Callable, variables: Any, *args, ignore=None, approximate: bool
   >>> space.channel_spaces[2].reason
   "reaches the function's output"
   """
-  return analyse(fn, variables, *args, ignore=ignore, approximate=approximate, is_state=is_state,
-                 fold=fold, **kwargs).space
+  return analyse(
+    fn,
+    variables,
+    *args,
+    ignore=ignore,
+    approximate=approximate,
+    is_state=is_state,
+    fold=fold,
+    **kwargs,
+  ).space

@@ -12,8 +12,9 @@ structured atom apply to every leaf inside it.
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -83,7 +84,7 @@ class Atoms:
     if sa is None and sb is None:
       return
     if sa is None or sb is None:
-      self.struct[ra] = sa if sb is None else sb
+      self.struct[ra] = sa if sb is None else sb  # type: ignore[assignment]
       return
     self.struct[ra] = sa
     self.unify_layout(sa, sb, depth + 1)
@@ -128,13 +129,19 @@ class Atoms:
       i, j = i + 1, j + 1
       while pa != pb:
         if pa < pb and i < len(la):
-          ga.append(la[i]); pa *= self.factor_size(la[i]); i += 1
+          ga.append(la[i])
+          pa *= self.factor_size(la[i])
+          i += 1
         elif pb < pa and j < len(lb):
-          gb.append(lb[j]); pb *= self.factor_size(lb[j]); j += 1
+          gb.append(lb[j])
+          pb *= self.factor_size(lb[j])
+          j += 1
         else:
           break
       if pa != pb:
-        self._fail(ga + gb + la[i:] + lb[j:], "reshape", "reshape splits and merges axes inconsistently")
+        self._fail(
+          ga + gb + la[i:] + lb[j:], "reshape", "reshape splits and merges axes inconsistently"
+        )
         return
       self._unify_group(ga, gb, depth)
     if i < len(la) or j < len(lb):
@@ -153,7 +160,9 @@ class Atoms:
     elif len(gb) == 1 and len(gb[0]) == 1:
       self._define(gb[0][0], ga, depth)
     elif not (self._copies(ga, gb, depth) or self._copies(gb, ga, depth)):
-      self._fail(ga + gb, "reshape", "an axis is both split and merged by reshapes (e.g. (6,4)->(4,6))")
+      self._fail(
+        ga + gb, "reshape", "an axis is both split and merged by reshapes (e.g. (6,4)->(4,6))"
+      )
 
   def _copies(self, prod: list[Factor], cat: list[Factor], depth: int) -> bool:
     """(m) x (rest) laid over a concatenation of m parts of size(rest): part i is copy i.
@@ -189,19 +198,21 @@ class Atoms:
       # Refine both concatenations to their common part boundaries (e.g. a fused qkv output
       # sliced as [:d] and then [d:2d]), then tie the parts pairwise.
       bounds = set(np.cumsum([self.sz(p) for p in fa])) | set(np.cumsum([self.sz(p) for p in fb]))
-      for p, q in zip(self._refine(fa, bounds, depth), self._refine(fb, bounds, depth)):
+      for p, q in zip(
+        self._refine(fa, bounds, depth), self._refine(fb, bounds, depth), strict=True
+      ):
         self.unify(p, q, depth)
     else:
       self._fail([fa, fb], "concat", "concatenations of different sizes are tied")
 
   def _refine(self, f: Factor, bounds: set, depth: int) -> list[int]:
     """Parts of ``f`` split at every boundary in ``bounds`` that falls inside a part."""
-    out, start = [], 0
+    out, start = [], 0  # type: ignore[var-annotated]
     for p in f:
       end = start + self.sz(p)
       cuts = [start] + sorted(b for b in bounds if start < b < end) + [end]
       if len(cuts) > 2:
-        subs = tuple(self.new(b - a) for a, b in zip(cuts, cuts[1:]))
+        subs = tuple(self.new(b - a) for a, b in itertools.pairwise(cuts))
         self._define(p, [subs], depth + 1)
         out.extend(subs)
       else:
@@ -266,7 +277,7 @@ class Atoms:
     sizes = [self.factor_size(f) for f in factors]
     fills = offset == 0 and width == math.prod(sizes)  # ``a`` is the whole block
     for k, f in enumerate(factors):
-      o_k, i_k, w_k = math.prod(sizes[:k]), math.prod(sizes[k + 1:]), sizes[k]
+      o_k, i_k, w_k = math.prod(sizes[:k]), math.prod(sizes[k + 1 :]), sizes[k]
       if fills:
         reps = [(outer * o_k, w_k, 0)]
       elif width % i_k == 0 and offset % i_k == 0 and o_k <= _MAX_REPEATS and depth < _MAX_DEPTH:
@@ -274,8 +285,12 @@ class Atoms:
       else:
         for p in f:
           for leaf in self.leaves(p):
-            self.mark(leaf, "nested", "a concatenation part is reshaped in a way that no "
-                      "(outer, width, inner) layout describes")
+            self.mark(
+              leaf,
+              "nested",
+              "a concatenation part is reshaped in a way that no "
+              "(outer, width, inner) layout describes",
+            )
         continue
       start = 0
       for p in f:

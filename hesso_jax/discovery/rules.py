@@ -16,7 +16,8 @@ unprunable with a reason naming the primitive. Never a crash, never a wrong spac
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,6 +39,7 @@ def register(*names: str):
     for n in names:
       RULES[n] = rule
     return rule
+
   return deco
 
 
@@ -90,16 +92,61 @@ def _keep_zeros(ctx, eqn, zin, ins, outs):
 
 
 ZERO_PRESERVING_UNARY = (
-    "neg", "abs", "sign", "sin", "tan", "tanh", "sinh", "asin", "asinh", "atan", "atanh", "sqrt",
-    "cbrt", "erf", "erf_inv", "expm1", "log1p", "floor", "ceil", "round", "real", "imag", "conj",
-    "copy", "copy_p", "convert_element_type", "reduce_precision", "stop_gradient", "square",
-    "population_count", "sharding_constraint", "mesh_cast", "reshard", "pvary",
+  "neg",
+  "abs",
+  "sign",
+  "sin",
+  "tan",
+  "tanh",
+  "sinh",
+  "asin",
+  "asinh",
+  "atan",
+  "atanh",
+  "sqrt",
+  "cbrt",
+  "erf",
+  "erf_inv",
+  "expm1",
+  "log1p",
+  "floor",
+  "ceil",
+  "round",
+  "real",
+  "imag",
+  "conj",
+  "copy",
+  "copy_p",
+  "convert_element_type",
+  "reduce_precision",
+  "stop_gradient",
+  "square",
+  "population_count",
+  "sharding_constraint",
+  "mesh_cast",
+  "reshard",
+  "pvary",
 )
 register(*ZERO_PRESERVING_UNARY)(Rule(_same_atoms, _keep_zeros))
 
 NON_ZERO_PRESERVING_UNARY = (
-    "exp", "exp2", "log", "cos", "cosh", "logistic", "rsqrt", "acos", "acosh", "lgamma", "digamma",
-    "is_finite", "not", "erfc", "bessel_i0e", "bessel_i1e", "clz",
+  "exp",
+  "exp2",
+  "log",
+  "cos",
+  "cosh",
+  "logistic",
+  "rsqrt",
+  "acos",
+  "acosh",
+  "lgamma",
+  "digamma",
+  "is_finite",
+  "not",
+  "erfc",
+  "bessel_i0e",
+  "bessel_i1e",
+  "clz",
 )
 register(*NON_ZERO_PRESERVING_UNARY)(Rule(_same_atoms, no_zeros))
 
@@ -114,13 +161,17 @@ register("integer_pow")(Rule(_same_atoms, _integer_pow_zeros))
 def _nary_atoms(ctx, eqn, ins):
   """Join aligned axes of same-rank operands (rank-0 operands broadcast)."""
   out_rank = len(shape_of(eqn.outvars[0]))
-  full = [a for v, a in zip(eqn.invars, ins) if len(a) == out_rank and len(shape_of(v)) == out_rank]
+  full = [
+    a
+    for v, a in zip(eqn.invars, ins, strict=True)
+    if len(a) == out_rank and len(shape_of(v)) == out_rank
+  ]
   if not full:
     return [_fresh(ctx, eqn.outvars[0]) for _ in eqn.outvars]
   out_shape = shape_of(eqn.outvars[0])
   base = list(full[0])
   for other in full[1:]:
-    for d, (x, y) in enumerate(zip(base, other)):
+    for d, (x, y) in enumerate(zip(base, other, strict=True)):
       sx, sy = ctx.atoms.sz(x), ctx.atoms.sz(y)
       if sx == sy:
         ctx.atoms.unify(x, y)
@@ -180,8 +231,22 @@ register("add", "sub", "max", "min", "add_any", "or", "xor")(Rule(_nary_atoms, _
 register("mul", "and")(Rule(_nary_atoms, _mul_like_zeros))
 register("div", "rem")(Rule(_nary_atoms, _div_zeros))
 register("select_n")(Rule(_nary_atoms, _select_zeros))
-register("pow", "atan2", "nextafter", "eq", "ne", "lt", "le", "gt", "ge", "le_to", "clamp",
-         "shift_left", "shift_right_logical", "shift_right_arithmetic")(Rule(_nary_atoms, no_zeros))
+register(
+  "pow",
+  "atan2",
+  "nextafter",
+  "eq",
+  "ne",
+  "lt",
+  "le",
+  "gt",
+  "ge",
+  "le_to",
+  "clamp",
+  "shift_left",
+  "shift_right_logical",
+  "shift_right_arithmetic",
+)(Rule(_nary_atoms, no_zeros))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,11 +257,11 @@ register("pow", "atan2", "nextafter", "eq", "ne", "lt", "le", "gt", "ge", "le_to
 def _dot_atoms(ctx, eqn, ins):
   (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
   la, ra = ins
-  for i, j in zip(lc, rc):
+  for i, j in zip(lc, rc, strict=True):
     ctx.atoms.unify(la[i], ra[j])
     ctx.contract(eqn.invars[0], i)
     ctx.contract(eqn.invars[1], j)
-  for i, j in zip(lb, rb):
+  for i, j in zip(lb, rb, strict=True):
     ctx.atoms.unify(la[i], ra[j])
   lfree = [a for k, a in enumerate(la) if k not in lc and k not in lb]
   rfree = [a for k, a in enumerate(ra) if k not in rc and k not in rb]
@@ -207,14 +272,17 @@ def _contract_check(ctx, eqn, zl, zr, leaves_contracted, where, fold=False):
   """Mark contracted channels that are not zero on either side (unless their value is folded)."""
   for leaf in leaves_contracted:
     if not (has(zl, leaf) or has(zr, leaf) or (fold and ctx.fold(eqn, leaf))):
-      ctx.atoms.mark(leaf, "nonzero",
-                     f"{where} contracts this channel while it is not zero when its producers are")
+      ctx.atoms.mark(
+        leaf,
+        "nonzero",
+        f"{where} contracts this channel while it is not zero when its producers are",
+      )
 
 
 def _free_zeros(ctx, zin, ins_free):
   """Output zero-set: leaves that a zero operand carries through a free/batch axis."""
   out = set()
-  for z, atoms in zip(zin, ins_free):
+  for z, atoms in zip(zin, ins_free, strict=True):
     leaves = ctx.atoms.leafset(atoms)
     out |= leaves if z is ALL else (set(z) & leaves)
   return frozenset(out)
@@ -223,8 +291,9 @@ def _free_zeros(ctx, zin, ins_free):
 def _dot_zeros(ctx, eqn, zin, ins, outs):
   (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
   la, ra = ins
-  _contract_check(ctx, eqn, zin[0], zin[1], ctx.atoms.leafset([la[i] for i in lc]), "dot_general",
-                  fold=True)
+  _contract_check(
+    ctx, eqn, zin[0], zin[1], ctx.atoms.leafset([la[i] for i in lc]), "dot_general", fold=True
+  )
   lkeep = [a for k, a in enumerate(la) if k not in lc]
   rkeep = [a for k, a in enumerate(ra) if k not in rc]
   return [_free_zeros(ctx, zin, [lkeep, rkeep])]
@@ -295,8 +364,16 @@ register("conv_general_dilated")(Rule(_conv_atoms, _conv_zeros))
 def _reduce_atoms(ctx, eqn, ins):
   axes = eqn.params["axes"]
   a = ins[0]
-  if eqn.primitive.name in ("reduce_max", "reduce_min", "argmax", "argmin", "reduce_prod",
-                            "reduce_and", "reduce_or", "reduce_xor"):
+  if eqn.primitive.name in (
+    "reduce_max",
+    "reduce_min",
+    "argmax",
+    "argmin",
+    "reduce_prod",
+    "reduce_and",
+    "reduce_or",
+    "reduce_xor",
+  ):
     for ax in axes:
       ctx.atoms.mark(a[ax], "reduce", f"{eqn.primitive.name} over this channel axis")
   return [tuple(x for k, x in enumerate(a) if k not in axes) for _ in eqn.outvars]
@@ -307,15 +384,27 @@ def _reduce_sum_zeros(ctx, eqn, zin, ins, outs):
   z = zin[0]
   for leaf in ctx.atoms.leafset([ins[0][ax] for ax in axes]):
     if not has(z, leaf):
-      ctx.atoms.mark(leaf, "norm", "a sum over this channel axis sees non-zero values for removed "
-                     "channels (LayerNorm/RMSNorm/softmax statistics)")
+      ctx.atoms.mark(
+        leaf,
+        "norm",
+        "a sum over this channel axis sees non-zero values for removed "
+        "channels (LayerNorm/RMSNorm/softmax statistics)",
+      )
   keep = ctx.atoms.leafset(outs[0])
   return [keep if z is ALL else frozenset(set(z) & keep)]
 
 
 register("reduce_sum")(Rule(_reduce_atoms, _reduce_sum_zeros))
-register("reduce_max", "reduce_min", "argmax", "argmin", "reduce_prod", "reduce_and",
-         "reduce_or", "reduce_xor")(Rule(_reduce_atoms, no_zeros))
+register(
+  "reduce_max",
+  "reduce_min",
+  "argmax",
+  "argmin",
+  "reduce_prod",
+  "reduce_and",
+  "reduce_or",
+  "reduce_xor",
+)(Rule(_reduce_atoms, no_zeros))
 
 
 def _cum_atoms(ctx, eqn, ins):
@@ -332,13 +421,19 @@ def _reduce_window_atoms(ctx, eqn, ins):
   n = len(ins[0])
   base = p.get("base_dilation") or (1,) * n
   wdil = p.get("window_dilation") or (1,) * n
-  trivial = lambda d: (p["window_dimensions"][d] == 1 and p["window_strides"][d] == 1
-                       and tuple(p["padding"][d]) == (0, 0) and base[d] == 1 and wdil[d] == 1)
+  trivial = lambda d: (
+    p["window_dimensions"][d] == 1
+    and p["window_strides"][d] == 1
+    and tuple(p["padding"][d]) == (0, 0)
+    and base[d] == 1
+    and wdil[d] == 1
+  )
   return _axiswise(ctx, eqn, ins, trivial, "spatial", "pooling window axis")
 
 
 register("reduce_window_sum", "reduce_window_max", "reduce_window_min")(
-    Rule(_reduce_window_atoms, _keep_zeros))
+  Rule(_reduce_window_atoms, _keep_zeros)
+)
 register("reduce_window")(Rule(_reduce_window_atoms, no_zeros))
 
 
@@ -358,8 +453,9 @@ def _broadcast_atoms(ctx, eqn, ins):
   for d in range(len(shape)):
     if out[d] is None:
       out[d] = ctx.atoms.new(shape[d])
-  ctx.pass_source(eqn.invars[0], eqn.outvars[0], {d: k for k, d in enumerate(dims)
-                                                   if in_shape[k] == shape[d]})
+  ctx.pass_source(
+    eqn.invars[0], eqn.outvars[0], {d: k for k, d in enumerate(dims) if in_shape[k] == shape[d]}
+  )
   return [tuple(out)]
 
 
@@ -393,14 +489,22 @@ def reshape_groups(in_shape, out_shape):
     gi, gj = [], []
     pi = pj = 1
     if i < ni:
-      gi.append(i); pi *= in_shape[i]; i += 1
+      gi.append(i)
+      pi *= in_shape[i]
+      i += 1
     if j < no:
-      gj.append(j); pj *= out_shape[j]; j += 1
+      gj.append(j)
+      pj *= out_shape[j]
+      j += 1
     while pi != pj:
       if pi < pj and i < ni:
-        gi.append(i); pi *= in_shape[i]; i += 1
+        gi.append(i)
+        pi *= in_shape[i]
+        i += 1
       elif pj < pi and j < no:
-        gj.append(j); pj *= out_shape[j]; j += 1
+        gj.append(j)
+        pj *= out_shape[j]
+        j += 1
       else:
         break
     groups.append((gi, gj))
@@ -426,7 +530,7 @@ def _reshape_atoms(ctx, eqn, ins):
     if not gj_n:
       continue
     outs = [ctx.atoms.new(out_shape[k]) for k in gj_n]
-    for k, a in zip(gj_n, outs):
+    for k, a in zip(gj_n, outs, strict=True):
       out[k] = a
     ctx.atoms.unify_layout([(ins[0][k],) for k in gi_n], [(a,) for a in outs])
   ctx.pass_source(eqn.invars[0], eqn.outvars[0], src)
@@ -440,10 +544,10 @@ def _concat_atoms(ctx, eqn, ins):
   d = eqn.params["dimension"]
   base = ins[0]
   for other in ins[1:]:
-    for k, (x, y) in enumerate(zip(base, other)):
+    for k, (x, y) in enumerate(zip(base, other, strict=True)):
       if k != d:
         ctx.atoms.unify(x, y)
-  parts = tuple(a[d] for v, a in zip(eqn.invars, ins) if shape_of(v)[d] > 0)
+  parts = tuple(a[d] for v, a in zip(eqn.invars, ins, strict=True) if shape_of(v)[d] > 0)
   cat = ctx.atoms.new(shape_of(eqn.outvars[0])[d])
   ctx.atoms.unify_layout([(cat,)], [parts])
   return [tuple(cat if k == d else x for k, x in enumerate(base))]
@@ -455,7 +559,7 @@ def _concat_zeros(ctx, eqn, zin, ins, outs):
   leaves = A.leafset(outs[0])
   for leaf in leaves:
     ok = True
-    for z, a in zip(zin, ins):
+    for z, a in zip(zin, ins, strict=True):
       if leaf in A.leafset(a) and not has(z, leaf):
         ok = False
         break
@@ -471,7 +575,9 @@ def _split_atoms(ctx, eqn, ins):
   ax = eqn.params["axis"]
   sizes = eqn.params["sizes"]
   parts = [ctx.atoms.new(int(s)) for s in sizes]
-  ctx.atoms.unify_layout([(ins[0][ax],)], [tuple(p for p, s in zip(parts, sizes) if s > 0)])
+  ctx.atoms.unify_layout(
+    [(ins[0][ax],)], [tuple(p for p, s in zip(parts, sizes, strict=True) if s > 0)]
+  )
   return [tuple(p if k == ax else x for k, x in enumerate(ins[0])) for p in parts]
 
 
@@ -531,8 +637,9 @@ register("pad")(Rule(_pad_atoms, _pad_zeros))
 
 def _dynamic_slice_atoms(ctx, eqn, ins):
   sizes, in_shape = eqn.params["slice_sizes"], shape_of(eqn.invars[0])
-  return _axiswise(ctx, eqn, ins, lambda k: sizes[k] == in_shape[k], "slice",
-                   "dynamic_slice of this axis")
+  return _axiswise(
+    ctx, eqn, ins, lambda k: sizes[k] == in_shape[k], "slice", "dynamic_slice of this axis"
+  )
 
 
 register("dynamic_slice")(Rule(_dynamic_slice_atoms, _keep_zeros))
@@ -550,8 +657,9 @@ def _dus_atoms(ctx, eqn, ins):
   return [op]
 
 
-register("dynamic_update_slice")(Rule(_dus_atoms, lambda ctx, eqn, zin, ins, outs: [
-    _all_zero(ctx, eqn, zin, [0, 1])]))
+register("dynamic_update_slice")(
+  Rule(_dus_atoms, lambda ctx, eqn, zin, ins, outs: [_all_zero(ctx, eqn, zin, [0, 1])])
+)
 
 
 def _gather_atoms(ctx, eqn, ins):
@@ -563,10 +671,13 @@ def _gather_atoms(ctx, eqn, ins):
   indexed = set(dn.collapsed_slice_dims) | set(dn.start_index_map) | set(dn.operand_batching_dims)
   for k in indexed:
     ctx.atoms.mark(op[k], "gather", "indexed by gather (e.g. an embedding table's vocabulary)")
-  offset_src = [k for k in range(len(osh)) if k not in set(dn.collapsed_slice_dims)
-                | set(dn.operand_batching_dims)]
+  offset_src = [
+    k
+    for k in range(len(osh))
+    if k not in set(dn.collapsed_slice_dims) | set(dn.operand_batching_dims)
+  ]
   out = [None] * len(out_shape)
-  for d, k in zip(dn.offset_dims, offset_src):
+  for d, k in zip(dn.offset_dims, offset_src, strict=True):
     if sizes[k] == osh[k] and k not in indexed:
       out[d] = op[k]
       ctx.look_up(eqn.invars[0], k)
@@ -575,7 +686,7 @@ def _gather_atoms(ctx, eqn, ins):
       out[d] = ctx.atoms.new(out_shape[d], ("gather", "partially gathered axis"))
   batch_out = [d for d in range(len(out_shape)) if d not in dn.offset_dims]
   idx_batch = list(range(len(idx) - 1))  # index_vector_dim is last in jnp-produced gathers
-  for d, k in zip(batch_out, idx_batch):
+  for d, k in zip(batch_out, idx_batch, strict=True):
     if out_shape[d] == shape_of(eqn.invars[1])[k]:
       out[d] = idx[k]
   for d in range(len(out_shape)):
@@ -626,7 +737,7 @@ def _tile_atoms(ctx, eqn, ins):
   """``tile``: an axis repeated r times is the product (r copies) x (the operand's axis)."""
   reps = eqn.params["reps"]
   out = []
-  for k, (a, r) in enumerate(zip(ins[0], reps, strict=True)):
+  for _k, (a, r) in enumerate(zip(ins[0], reps, strict=True)):
     if r == 1:
       out.append(a)
       continue
@@ -648,8 +759,9 @@ def _bitcast_atoms(ctx, eqn, ins):
 
 
 register("bitcast_convert_type")(Rule(_bitcast_atoms, _keep_zeros))
-register("platform_index")(Rule(lambda ctx, eqn, ins: [_fresh(ctx, v) for v in eqn.outvars],
-                                no_zeros))
+register("platform_index")(
+  Rule(lambda ctx, eqn, ins: [_fresh(ctx, v) for v in eqn.outvars], no_zeros)
+)
 
 
 def _fresh_bad(code, msg):
@@ -658,6 +770,7 @@ def _fresh_bad(code, msg):
     for a in ins:
       ctx.atoms.mark_all(a, code, msg)
     return outs
+
   return rule
 
 
@@ -669,10 +782,22 @@ def _iota_atoms(ctx, eqn, ins):
 
 
 register("iota")(Rule(_iota_atoms, no_zeros))
-register("random_bits", "random_seed", "random_wrap", "random_unwrap", "random_fold_in",
-         "random_split", "threefry2x32", "rng_bit_generator", "rng_uniform")(Rule(
-             _fresh_bad("random", "random numbers (dropout?): trace the deterministic/eval function"),
-             no_zeros))
+register(
+  "random_bits",
+  "random_seed",
+  "random_wrap",
+  "random_unwrap",
+  "random_fold_in",
+  "random_split",
+  "threefry2x32",
+  "rng_bit_generator",
+  "rng_uniform",
+)(
+  Rule(
+    _fresh_bad("random", "random numbers (dropout?): trace the deterministic/eval function"),
+    no_zeros,
+  )
+)
 
 
 def _rev_atoms(ctx, eqn, ins):
@@ -710,22 +835,56 @@ def _multi_identity_atoms(ctx, eqn, ins):
   return list(ins)
 
 
-register("optimization_barrier", "device_put")(Rule(
-    _multi_identity_atoms, lambda ctx, eqn, zin, ins, outs: list(zin)))
+register("optimization_barrier", "device_put")(
+  Rule(_multi_identity_atoms, lambda ctx, eqn, zin, ins, outs: list(zin))
+)
 
 
-BLOCKING.update({
-    **{p: "linear algebra: every output channel mixes every input channel" for p in (
-        "cholesky", "lu", "qr", "svd", "eigh", "eig", "schur", "hessenberg", "tridiagonal",
-        "tridiagonal_solve", "triangular_solve", "householder_product",
-        "lu_pivots_to_permutation", "custom_linear_solve", "cholesky_update")},
+BLOCKING.update(
+  {
+    **{
+      p: "linear algebra: every output channel mixes every input channel"
+      for p in (
+        "cholesky",
+        "lu",
+        "qr",
+        "svd",
+        "eigh",
+        "eig",
+        "schur",
+        "hessenberg",
+        "tridiagonal",
+        "tridiagonal_solve",
+        "triangular_solve",
+        "householder_product",
+        "lu_pivots_to_permutation",
+        "custom_linear_solve",
+        "cholesky_update",
+      )
+    },
     "fft": "Fourier transform: every output frequency mixes every input channel",
-    **{p: "scatter: writes at data-dependent positions, so channels cannot be followed" for p in (
-        "scatter", "scatter-add", "scatter_add", "scatter-mul", "scatter_mul", "scatter-min",
-        "scatter_min", "scatter-max", "scatter_max", "scatter_sub", "scatter-sub")},
-    **{p: "gradient of a pooling window (only in backward passes)" for p in (
-        "select_and_scatter_add", "select_and_gather_add", "select_and_scatter")},
-})
+    **{
+      p: "scatter: writes at data-dependent positions, so channels cannot be followed"
+      for p in (
+        "scatter",
+        "scatter-add",
+        "scatter_add",
+        "scatter-mul",
+        "scatter_mul",
+        "scatter-min",
+        "scatter_min",
+        "scatter-max",
+        "scatter_max",
+        "scatter_sub",
+        "scatter-sub",
+      )
+    },
+    **{
+      p: "gradient of a pooling window (only in backward passes)"
+      for p in ("select_and_scatter_add", "select_and_gather_add", "select_and_scatter")
+    },
+  }
+)
 for _p, _why in BLOCKING.items():
   register(_p)(Rule(_fresh_bad("blocked", f"passes through '{_p}' ({_why})"), no_zeros))
 del _p, _why

@@ -24,15 +24,25 @@ from __future__ import annotations
 import math
 import operator
 import types
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from hesso_jax import _jaxpr as J
 from hesso_jax.discovery.rules import ALL, has
 
-__all__ = ["BOTTOM", "EMPTY", "PER_CHANNEL", "Val", "from_literal", "meet", "per_channel", "same",
-           "transfer"]
+__all__ = [
+  "BOTTOM",
+  "EMPTY",
+  "PER_CHANNEL",
+  "Val",
+  "from_literal",
+  "meet",
+  "per_channel",
+  "same",
+  "transfer",
+]
 
 EMPTY: Mapping[int, Any] = types.MappingProxyType({})
 _MAX_CONST_SIZE = 4096  # larger literals are not inspected for a uniform value
@@ -114,8 +124,12 @@ def meet(a: Val, b: Val) -> Val:
   known = EMPTY
   if a.known and b.known:
     known = {k: x for k, x in a.known.items() if k in b.known and same(x, b.known[k])} or EMPTY
-  return Val(_meet_zeros(a.zeros, b.zeros), known,
-             a.const if same(a.const, b.const) else None, a.indep and b.indep)
+  return Val(
+    _meet_zeros(a.zeros, b.zeros),
+    known,
+    a.const if same(a.const, b.const) else None,
+    a.indep and b.indep,
+  )
 
 
 def height(v: Val) -> int:
@@ -139,31 +153,91 @@ def _erf(x):
 
 
 _UNARY: dict[str, Callable] = {
-    "neg": np.negative, "abs": np.abs, "sign": np.sign, "exp": np.exp, "exp2": np.exp2,
-    "log": np.log, "log1p": np.log1p, "expm1": np.expm1, "tanh": np.tanh,
-    "logistic": lambda x: 1.0 / (1.0 + np.exp(-x)), "sin": np.sin, "cos": np.cos, "tan": np.tan,
-    "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan, "sinh": np.sinh, "cosh": np.cosh,
-    "asinh": np.arcsinh, "acosh": np.arccosh, "atanh": np.arctanh, "sqrt": np.sqrt,
-    "rsqrt": lambda x: 1.0 / np.sqrt(x), "cbrt": np.cbrt, "square": np.square, "erf": _erf,
-    "erfc": lambda x: 1.0 - _erf(x), "floor": np.floor, "ceil": np.ceil, "is_finite": np.isfinite,
-    "not": np.invert, "copy": lambda x: x, "copy_p": lambda x: x, "stop_gradient": lambda x: x,
-    "convert_element_type": lambda x: x, "reduce_precision": None,
+  "neg": np.negative,
+  "abs": np.abs,
+  "sign": np.sign,
+  "exp": np.exp,
+  "exp2": np.exp2,
+  "log": np.log,
+  "log1p": np.log1p,
+  "expm1": np.expm1,
+  "tanh": np.tanh,
+  "logistic": lambda x: 1.0 / (1.0 + np.exp(-x)),
+  "sin": np.sin,
+  "cos": np.cos,
+  "tan": np.tan,
+  "asin": np.arcsin,
+  "acos": np.arccos,
+  "atan": np.arctan,
+  "sinh": np.sinh,
+  "cosh": np.cosh,
+  "asinh": np.arcsinh,
+  "acosh": np.arccosh,
+  "atanh": np.arctanh,
+  "sqrt": np.sqrt,
+  "rsqrt": lambda x: 1.0 / np.sqrt(x),
+  "cbrt": np.cbrt,
+  "square": np.square,
+  "erf": _erf,
+  "erfc": lambda x: 1.0 - _erf(x),
+  "floor": np.floor,
+  "ceil": np.ceil,
+  "is_finite": np.isfinite,
+  "not": np.invert,
+  "copy": lambda x: x,
+  "copy_p": lambda x: x,
+  "stop_gradient": lambda x: x,
+  "convert_element_type": lambda x: x,
+  "reduce_precision": None,  # type: ignore[dict-item]
 }
 _BINARY: dict[str, Callable] = {
-    "add": operator.add, "add_any": operator.add, "sub": operator.sub, "mul": operator.mul,
-    "div": _div, "rem": np.fmod, "max": np.maximum, "min": np.minimum, "pow": np.power,
-    "atan2": np.arctan2, "eq": operator.eq, "ne": operator.ne, "lt": operator.lt,
-    "le": operator.le, "gt": operator.gt, "ge": operator.ge, "and": operator.and_,
-    "or": operator.or_, "xor": operator.xor,
+  "add": operator.add,
+  "add_any": operator.add,
+  "sub": operator.sub,
+  "mul": operator.mul,
+  "div": _div,
+  "rem": np.fmod,
+  "max": np.maximum,
+  "min": np.minimum,
+  "pow": np.power,
+  "atan2": np.arctan2,
+  "eq": operator.eq,
+  "ne": operator.ne,
+  "lt": operator.lt,
+  "le": operator.le,
+  "gt": operator.gt,
+  "ge": operator.ge,
+  "and": operator.and_,
+  "or": operator.or_,
+  "xor": operator.xor,
 }
-EVALUATED = frozenset(k for k, f in _UNARY.items() if f is not None) | frozenset(_BINARY) | {
-    "integer_pow", "select_n", "clamp"}
+EVALUATED = (
+  frozenset(k for k, f in _UNARY.items() if f is not None)
+  | frozenset(_BINARY)
+  | {"integer_pow", "select_n", "clamp"}
+)
 
 # Primitives that move values without changing them: a channel's value along it is unchanged.
-MOVING = frozenset("""
-broadcast_in_dim reshape transpose squeeze rev slice dynamic_slice expand_dims copy copy_p
-sharding_constraint mesh_cast reshard pvary optimization_barrier device_put
-""".split())
+MOVING = frozenset(
+  [
+    "broadcast_in_dim",
+    "reshape",
+    "transpose",
+    "squeeze",
+    "rev",
+    "slice",
+    "dynamic_slice",
+    "expand_dims",
+    "copy",
+    "copy_p",
+    "sharding_constraint",
+    "mesh_cast",
+    "reshard",
+    "pvary",
+    "optimization_barrier",
+    "device_put",
+  ]
+)
 
 
 def _apply(eqn, args: list) -> Any:
@@ -245,13 +319,16 @@ def _pad(eqn, vals: list[Val], z, indep: bool) -> Val:
 def transfer(eqn, vals: list[Val], zo: list) -> list[Val]:
   """Output Vals of a first-order equation, given its inputs' Vals and the rule's zero-sets."""
   name = eqn.primitive.name
-  indep = all(v.indep for v in vals) and name not in ("random_bits", "rng_uniform",
-                                                       "rng_bit_generator")
+  indep = all(v.indep for v in vals) and name not in (
+    "random_bits",
+    "rng_uniform",
+    "rng_bit_generator",
+  )
   if name in EVALUATED and len(zo) == 1:
     return [_evaluate(eqn, vals, zo[0], indep)]
   if name in MOVING:
     if len(zo) == len(vals):  # multi-operand identities (optimization_barrier)
-      return [Val(z, v.known, v.const, indep) for z, v in zip(zo, vals)]
+      return [Val(z, v.known, v.const, indep) for z, v in zip(zo, vals, strict=True)]
     return [Val(z, vals[0].known, vals[0].const, indep) for z in zo]
   if name == "pad":
     return [_pad(eqn, vals, zo[0], indep)]

@@ -9,7 +9,7 @@ import numpy as np
 
 
 class Digits(NamedTuple):
-  """The digits split into train and test arrays (images ``float32`` in [0, 1], labels ``int32``)."""
+  """The digits split into train and test arrays (images float32 in [0, 1], labels int32)."""
 
   x_train: np.ndarray
   y_train: np.ndarray
@@ -49,19 +49,22 @@ def load_digits(test_size: float = 0.25, seed: int = 0, *, flat: bool = False) -
     from sklearn.model_selection import train_test_split
   except ImportError as e:
     raise ImportError(
-        "hesso_jax.examples.load_digits needs scikit-learn, which ships the digits data: "
-        'pip install scikit-learn  (or pip install "hesso-jax[examples]")') from e
+      "hesso_jax.examples.load_digits needs scikit-learn, which ships the digits data: "
+      'pip install scikit-learn  (or pip install "hesso-jax[examples]")'
+    ) from e
   bunch = sk_load_digits()
   x = bunch.images.astype(np.float32) / 16.0  # pixel values 0..16
   x = x.reshape(len(x), -1) if flat else x[..., None]
   y = bunch.target.astype(np.int32)
-  x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_size, random_state=seed,
-                                            stratify=y)
+  x_tr, x_te, y_tr, y_te = train_test_split(
+    x, y, test_size=test_size, random_state=seed, stratify=y
+  )
   return Digits(x_tr, y_tr, x_te, y_te)
 
 
-def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int = 0,
-            steps: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def batches(
+  x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int = 0, steps: int | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Shuffled mini-batches ``(x[idx], y[idx])``, reshuffled each epoch with a seeded RNG.
 
   Only full batches are yielded (one compiled step shape). ``steps=None`` never stops; otherwise
@@ -91,6 +94,6 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int = 0,
     for s in range(0, n - batch_size + 1, batch_size):
       if steps is not None and done >= steps:
         return
-      idx = perm[s:s + batch_size]
+      idx = perm[s : s + batch_size]
       yield x[idx], y[idx]
       done += 1

@@ -21,21 +21,21 @@ from jax.typing import ArrayLike
 from hesso_jax.space import PRODUCER, SearchSpace, leaves_with_paths, normalize_path
 
 __all__ = [
-    "check_int",
-    "check_space",
-    "check_sparsity",
-    "concrete",
-    "cond",
-    "decay_factor",
-    "is_params_placeholder",
-    "lowest_k",
-    "masked_updates",
-    "promote_updates",
-    "resolve_space",
-    "select_groups",
-    "target_num_groups",
-    "warn_if_unreachable",
-    "within_space_rank",
+  "check_int",
+  "check_space",
+  "check_sparsity",
+  "concrete",
+  "cond",
+  "decay_factor",
+  "is_params_placeholder",
+  "lowest_k",
+  "masked_updates",
+  "promote_updates",
+  "resolve_space",
+  "select_groups",
+  "target_num_groups",
+  "warn_if_unreachable",
+  "within_space_rank",
 ]
 
 
@@ -95,11 +95,13 @@ def warn_if_unreachable(space: SearchSpace, s: ArrayLike, multiple_of: ArrayLike
     return
   R = int(math.floor(space.num_groups * min(float(cs), 0.999) * (1 + 1e-6)))
   cap = sum(max(sp.size - int(cm), 0) for sp in space.prunable_spaces)
-  if R > cap:
+  if cap < R:
     warnings.warn(
-        f"target_group_sparsity={cs}: R={R} groups requested but at most {cap} can be removed "
-        f"while keeping >= multiple_of={cm} groups in every space; the final sparsity will be "
-        "lower", stacklevel=3)
+      f"target_group_sparsity={cs}: R={R} groups requested but at most {cap} can be removed "
+      f"while keeping >= multiple_of={cm} groups in every space; the final sparsity will be "
+      "lower",
+      stacklevel=3,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,8 +116,7 @@ def is_params_placeholder(params: Any) -> bool:
   find the params-shaped parts of a state. Only a leafless pytree whose type comes from optax is
   accepted as that placeholder, so a real tree missing its leaves still fails validation.
   """
-  return (not jax.tree_util.tree_leaves(params)
-          and type(params).__module__.split(".")[0] == "optax")
+  return not jax.tree_util.tree_leaves(params) and type(params).__module__.split(".")[0] == "optax"
 
 
 def resolve_space(space: SearchSpace, tree: Any) -> SearchSpace:
@@ -204,8 +205,14 @@ def lowest_k(scores: jax.Array, k: ArrayLike) -> jax.Array:
   return jnp.isfinite(scores) & (rank < jnp.asarray(k, jnp.int32))
 
 
-def select_groups(scores: jax.Array, eligible: jax.Array, quota: ArrayLike, space: SearchSpace,
-                  removed: jax.Array, multiple_of: ArrayLike = 1) -> jax.Array:
+def select_groups(
+  scores: jax.Array,
+  eligible: jax.Array,
+  quota: ArrayLike,
+  space: SearchSpace,
+  removed: jax.Array,
+  multiple_of: ArrayLike = 1,
+) -> jax.Array:
   """bool (G,): the ``quota`` lowest-``scores`` eligible groups, globally ranked, per-space capped.
 
   * Only ``eligible`` groups with a finite score are candidates.
@@ -255,18 +262,26 @@ def select_groups(scores: jax.Array, eligible: jax.Array, quota: ArrayLike, spac
 def promote_updates(updates: Any, params: Any) -> Any:
   """``updates`` with each leaf cast to ``result_type(u, x)``, the dtype :func:`masked_updates`
   returns (a no-op when they agree), so both branches of a phase ``lax.cond`` have one type."""
-  return jax.tree_util.tree_map(lambda u, x: jnp.asarray(u).astype(jnp.result_type(u, x)),
-                                updates, params)
+  return jax.tree_util.tree_map(
+    lambda u, x: jnp.asarray(u).astype(jnp.result_type(u, x)), updates, params
+  )
 
 
 def _producer_paths(space: SearchSpace) -> set:
   return {m.path for s in space.prunable_spaces for m in s.members if m.role == PRODUCER}
 
 
-def masked_updates(updates: Any, params: Any, space: SearchSpace, *,
-                   forget: jax.Array | None = None, factor: ArrayLike | None = None,
-                   zero: jax.Array | None = None, restore: Any = None,
-                   restore_when: ArrayLike | None = None) -> Any:
+def masked_updates(
+  updates: Any,
+  params: Any,
+  space: SearchSpace,
+  *,
+  forget: jax.Array | None = None,
+  factor: ArrayLike | None = None,
+  zero: jax.Array | None = None,
+  restore: Any = None,
+  restore_when: ArrayLike | None = None,
+) -> Any:
   """Per-element combination of the base updates with forgetting and zeroing.
 
   For every element (producer slices of the space's groups)::
@@ -288,10 +303,10 @@ def masked_updates(updates: Any, params: Any, space: SearchSpace, *,
 
   flat_u, treedef = jax.tree_util.tree_flatten(updates)
   n = len(flat_u)
-  flat_x = treedef.flatten_up_to(params)
-  flat_z = treedef.flatten_up_to(zero_t) if zero_t is not None else [None] * n
-  flat_f = treedef.flatten_up_to(forget_t) if forget_t is not None else [None] * n
-  flat_c = treedef.flatten_up_to(restore) if restore is not None else [None] * n
+  flat_x = treedef.flatten_up_to(params)  # type: ignore[attr-defined]
+  flat_z = treedef.flatten_up_to(zero_t) if zero_t is not None else [None] * n  # type: ignore[attr-defined]
+  flat_f = treedef.flatten_up_to(forget_t) if forget_t is not None else [None] * n  # type: ignore[attr-defined]
+  flat_c = treedef.flatten_up_to(restore) if restore is not None else [None] * n  # type: ignore[attr-defined]
   paths = [normalize_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(updates)[0]]
 
   out = []
@@ -300,7 +315,7 @@ def masked_updates(updates: Any, params: Any, space: SearchSpace, *,
     new = jnp.asarray(u).astype(dt)
     xx = jnp.asarray(x).astype(dt)
     if c is not None:
-      new = jnp.where(restore_when, (jnp.asarray(c).astype(dt) - xx), new)
+      new = jnp.where(restore_when, (jnp.asarray(c).astype(dt) - xx), new)  # type: ignore[arg-type]
     if path in touched and f is not None:
       cdt = jnp.promote_types(dt, jnp.float32)
       fac = jnp.asarray(factor, cdt)

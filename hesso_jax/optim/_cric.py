@@ -22,16 +22,16 @@ from hesso_jax.optim import _saliency as sal
 from hesso_jax.space import SearchSpace
 
 __all__ = [
-    "CricPhase",
-    "CricState",
-    "DEFAULT_CRIC_IMPORTANCE",
-    "cric_phase",
-    "cric_schedule",
-    "cycle_update",
-    "final_selection",
-    "hesso_cric",
-    "loss_criterion",
-    "probe_update",
+  "CricPhase",
+  "CricState",
+  "DEFAULT_CRIC_IMPORTANCE",
+  "cric_phase",
+  "cric_schedule",
+  "cycle_update",
+  "final_selection",
+  "hesso_cric",
+  "loss_criterion",
+  "probe_update",
 ]
 
 #: The reference's CRIC defaults: the five saliency criteria at 0.2 plus ``'loss': 1.0``.
@@ -59,7 +59,7 @@ class CricState(NamedTuple):
     base_state: the base transformation's state.
   """
 
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]
   redundant: jax.Array
   pruned: jax.Array
   active: jax.Array
@@ -74,9 +74,15 @@ class CricState(NamedTuple):
   base_state: optax.OptState
 
 
-def cric_schedule(space: SearchSpace, *, start_cric_step: int, sampling_steps: int,
-                  max_cycle_period: int, hybrid_training_steps: int,
-                  trial_sparsities: Sequence[float] = (0.25, 0.5, 0.75)) -> dict:
+def cric_schedule(
+  space: SearchSpace,
+  *,
+  start_cric_step: int,
+  sampling_steps: int,
+  max_cycle_period: int,
+  hybrid_training_steps: int,
+  trial_sparsities: Sequence[float] = (0.25, 0.5, 0.75),
+) -> dict:
   """Static facts of the schedule (Python ints), for planning a run.
 
   Returns ``probe_start``, ``probe_steps`` (= 2 * num_spaces * num_trials), ``cycles_start``,
@@ -87,8 +93,13 @@ def cric_schedule(space: SearchSpace, *, start_cric_step: int, sampling_steps: i
   probe = 2 * n * len(tuple(trial_sparsities))
   cyc0 = start_cric_step + probe
   latest_end = cyc0 + max_cycle_period * sampling_steps + 1
-  return dict(probe_start=start_cric_step, probe_steps=probe, cycles_start=cyc0,
-              latest_end=latest_end, latest_done=latest_end + hybrid_training_steps)
+  return dict(
+    probe_start=start_cric_step,
+    probe_steps=probe,
+    cycles_start=cyc0,
+    latest_end=latest_end,
+    latest_done=latest_end + hybrid_training_steps,
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,22 +110,29 @@ def cric_schedule(space: SearchSpace, *, start_cric_step: int, sampling_steps: i
 class CricPhase(NamedTuple):
   """Where a step sits in the CRIC schedule (traced int32 / bool scalars)."""
 
-  probing: jax.Array    # c0 <= step < c0 + 2*N*L
-  first: jax.Array      # the first probing step (cache and reference loss)
-  proj: jax.Array       # an even probing step: zero the trial's groups
-  meas: jax.Array       # an odd probing step: measure the projected loss, restore the cache
-  trial_ix: jax.Array   # index of the current trial, space * L + sparsity
-  cycling: jax.Array    # c0 + 2*N*L <= step < end
-  cycle: jax.Array      # cycle index c
-  jc: jax.Array         # step inside the cycle
-  boundary: jax.Array   # a cycle's first step
-  hybrid: jax.Array     # step >= end
-  jh: jax.Array         # step inside hybrid training
+  probing: jax.Array  # c0 <= step < c0 + 2*N*L
+  first: jax.Array  # the first probing step (cache and reference loss)
+  proj: jax.Array  # an even probing step: zero the trial's groups
+  meas: jax.Array  # an odd probing step: measure the projected loss, restore the cache
+  trial_ix: jax.Array  # index of the current trial, space * L + sparsity
+  cycling: jax.Array  # c0 + 2*N*L <= step < end
+  cycle: jax.Array  # cycle index c
+  jc: jax.Array  # step inside the cycle
+  boundary: jax.Array  # a cycle's first step
+  hybrid: jax.Array  # step >= end
+  jh: jax.Array  # step inside hybrid training
   forgetting: jax.Array  # end <= step < end + H
 
 
-def cric_phase(step: jax.Array, end: jax.Array, *, start: ArrayLike, sampling_steps: ArrayLike,
-               hybrid_steps: ArrayLike, num_trials: int) -> CricPhase:
+def cric_phase(
+  step: jax.Array,
+  end: jax.Array,
+  *,
+  start: ArrayLike,
+  sampling_steps: ArrayLike,
+  hybrid_steps: ArrayLike,
+  num_trials: int,
+) -> CricPhase:
   """The phase of ``step``: a pure function of ``(step, end)`` and the static schedule."""
   i32 = lambda v: jnp.asarray(v, jnp.int32)
   c0, S, H = i32(start), i32(sampling_steps), i32(hybrid_steps)
@@ -126,15 +144,30 @@ def cric_phase(step: jax.Array, end: jax.Array, *, start: ArrayLike, sampling_st
   hybrid = step >= end
   jh = jnp.maximum(step - end, 0)
   return CricPhase(
-      probing=probing, first=probing & (v == 0), proj=probing & (v % 2 == 0),
-      meas=probing & (v % 2 == 1), trial_ix=jnp.minimum(v // 2, max(num_trials - 1, 0)),
-      cycling=cycling, cycle=r // S, jc=r % S, boundary=cycling & (r % S == 0), hybrid=hybrid,
-      jh=jh, forgetting=hybrid & (jh < H))
+    probing=probing,
+    first=probing & (v == 0),
+    proj=probing & (v % 2 == 0),
+    meas=probing & (v % 2 == 1),
+    trial_ix=jnp.minimum(v // 2, max(num_trials - 1, 0)),
+    cycling=cycling,
+    cycle=r // S,
+    jc=r % S,
+    boundary=cycling & (r % S == 0),
+    hybrid=hybrid,
+    jh=jh,
+    forgetting=hybrid & (jh < H),
+  )
 
 
-def probe_update(ph: CricPhase, score: jax.Array, ratio: jax.Array, loss_ratio: jax.Array,
-                 space: SearchSpace, ktab: np.ndarray, num_trials_per_space: int,
-                 ) -> tuple[jax.Array, jax.Array]:
+def probe_update(
+  ph: CricPhase,
+  score: jax.Array,
+  ratio: jax.Array,
+  loss_ratio: jax.Array,
+  space: SearchSpace,
+  ktab: np.ndarray,
+  num_trials_per_space: int,
+) -> tuple[jax.Array, jax.Array]:
   """(bool (G,) groups to zero this step, updated (N, L) loss ratios).
 
   On a projection step the ``ktab[t]`` lowest-``score`` groups of trial ``t``'s space are zeroed;
@@ -142,22 +175,32 @@ def probe_update(ph: CricPhase, score: jax.Array, ratio: jax.Array, loss_ratio: 
   """
   ids = jnp.asarray(space.space_ids())
   within = cm.within_space_rank(jnp.where(jnp.isfinite(score), score, jnp.inf), space)
-  proj_mask = (ph.proj & (ids == ph.trial_ix // num_trials_per_space)
-               & (within < jnp.asarray(ktab)[ph.trial_ix]))
+  proj_mask = (
+    ph.proj
+    & (ids == ph.trial_ix // num_trials_per_space)
+    & (within < jnp.asarray(ktab)[ph.trial_ix])
+  )
   flat = loss_ratio.reshape(-1)
   flat = jnp.where(ph.meas & (jnp.arange(flat.shape[0]) == ph.trial_ix), ratio, flat)
   return proj_mask, flat.reshape(loss_ratio.shape)
 
 
 class CycleSets(NamedTuple):
-  active: jax.Array      # this cycle's violating set
-  trial: jax.Array       # bottom-R groups not yet tested
+  active: jax.Array  # this cycle's violating set
+  trial: jax.Array  # bottom-R groups not yet tested
   historical: jax.Array  # every group that has been violating
-  terminate: jax.Array   # scalar: this step ends the cycles
+  terminate: jax.Array  # scalar: this step ends the cycles
 
 
-def cycle_update(ph: CricPhase, score: jax.Array, R: jax.Array, sets: CycleSets, *,
-                 max_cycles: ArrayLike, tolerance: ArrayLike) -> CycleSets:
+def cycle_update(
+  ph: CricPhase,
+  score: jax.Array,
+  R: jax.Array,
+  sets: CycleSets,
+  *,
+  max_cycles: ArrayLike,
+  tolerance: ArrayLike,
+) -> CycleSets:
   """The violating-set bookkeeping of one step (Algorithm CRIC, lines 4, 8, 14, 16).
 
   At a boundary the next violating set is the bottom ``R`` (first cycle) or the trial set minus
@@ -169,19 +212,24 @@ def cycle_update(ph: CricPhase, score: jax.Array, R: jax.Array, sets: CycleSets,
   nxt = sets.trial & ~sets.historical
   n_new = jnp.sum(nxt.astype(jnp.int32))
   c = ph.cycle
-  terminate = ph.boundary & (c >= 1) & ((c >= jnp.asarray(max_cycles, jnp.int32))
-                                        | (n_new <= jnp.asarray(tolerance, jnp.int32)))
+  terminate = (
+    ph.boundary
+    & (c >= 1)
+    & ((c >= jnp.asarray(max_cycles, jnp.int32)) | (n_new <= jnp.asarray(tolerance, jnp.int32)))
+  )
   start = ph.boundary & ~terminate
   active = jnp.where(start, jnp.where(c == 0, bottom, nxt), sets.active)
   active = jnp.where(terminate | ~ph.cycling, jnp.zeros_like(active), active)
   historical = sets.historical | (start & active)
-  trial = jnp.where(ph.cycling & ~terminate, (sets.trial | bottom) & ~active & ~historical,
-                    sets.trial)
+  trial = jnp.where(
+    ph.cycling & ~terminate, (sets.trial | bottom) & ~active & ~historical, sets.trial
+  )
   return CycleSets(active, trial, historical, terminate)
 
 
-def loss_criterion(loss_ratio: jax.Array, mean_score: jax.Array, space: SearchSpace,
-                   ktab: np.ndarray) -> jax.Array:
+def loss_criterion(
+  loss_ratio: jax.Array, mean_score: jax.Array, space: SearchSpace, ktab: np.ndarray
+) -> jax.Array:
   """(G,) the probes' loss signal per group: a log loss ratio (0 = harmless to remove).
 
   Each group gets the log loss ratio of the *smallest* trial projection of its space that
@@ -194,18 +242,26 @@ def loss_criterion(loss_ratio: jax.Array, mean_score: jax.Array, space: SearchSp
   ids = jnp.asarray(space.space_ids())
   cost = jnp.log(jnp.maximum(jnp.where(jnp.isfinite(loss_ratio), loss_ratio, 1e30), 1.0))
   within = cm.within_space_rank(jnp.where(jnp.isfinite(mean_score), mean_score, jnp.inf), space)
-  k = jnp.asarray(ktab)[ids]                            # (G, L) group counts per trial
-  in_trial = within[:, None] < k                        # removed by trial t?
+  k = jnp.asarray(ktab)[ids]  # (G, L) group counts per trial
+  in_trial = within[:, None] < k  # removed by trial t?
   first = jnp.argmin(jnp.where(in_trial, k, jnp.iinfo(jnp.int32).max), axis=1)  # smallest trial
-  c = cost[ids]                                         # (G, L)
-  g_cost = jnp.where(jnp.any(in_trial, axis=1), jnp.take_along_axis(c, first[:, None], 1)[:, 0],
-                     jnp.max(c, axis=1))
+  c = cost[ids]  # (G, L)
+  g_cost = jnp.where(
+    jnp.any(in_trial, axis=1), jnp.take_along_axis(c, first[:, None], 1)[:, 0], jnp.max(c, axis=1)
+  )
   return g_cost
 
 
-def final_selection(score_sum: jax.Array, score_count: jax.Array, loss_ratio: jax.Array,
-                    loss_weight: float, space: SearchSpace, ktab: np.ndarray, R: jax.Array,
-                    multiple_of: ArrayLike) -> jax.Array:
+def final_selection(
+  score_sum: jax.Array,
+  score_count: jax.Array,
+  loss_ratio: jax.Array,
+  loss_weight: float,
+  space: SearchSpace,
+  ktab: np.ndarray,
+  R: jax.Array,
+  multiple_of: ArrayLike,
+) -> jax.Array:
   """bool (G,): the ``R`` groups with the lowest mean saliency + ``loss_weight`` * loss term.
 
   The loss term (:func:`loss_criterion`, a log loss ratio) is scaled by the mean absolute mean
@@ -218,23 +274,22 @@ def final_selection(score_sum: jax.Array, score_count: jax.Array, loss_ratio: ja
   cost = loss_criterion(loss_ratio, mean_score, space, ktab)
   final = mean_score + loss_weight * unit * cost
   final = jnp.where(jnp.isfinite(final), final, jnp.inf)
-  return cm.select_groups(final, jnp.ones((G,), bool), R, space, jnp.zeros((G,), bool),
-                          multiple_of)
+  return cm.select_groups(final, jnp.ones((G,), bool), R, space, jnp.zeros((G,), bool), multiple_of)
 
 
 def hesso_cric(
-    base_tx: optax.GradientTransformation,
-    space: SearchSpace,
-    *,
-    target_group_sparsity: ArrayLike,
-    start_cric_step: ArrayLike = 0,
-    sampling_steps: ArrayLike | None = None,
-    max_cycle_period: ArrayLike = 10,
-    tolerance: ArrayLike = 0,
-    hybrid_training_steps: ArrayLike | None = None,
-    trial_sparsities: Sequence[float] = (0.25, 0.5, 0.75),
-    importance: Mapping[str, float] = DEFAULT_CRIC_IMPORTANCE,
-    multiple_of: ArrayLike = 1,
+  base_tx: optax.GradientTransformation,
+  space: SearchSpace,
+  *,
+  target_group_sparsity: ArrayLike,
+  start_cric_step: ArrayLike = 0,
+  sampling_steps: ArrayLike | None = None,
+  max_cycle_period: ArrayLike = 10,
+  tolerance: ArrayLike = 0,
+  hybrid_training_steps: ArrayLike | None = None,
+  trial_sparsities: Sequence[float] = (0.25, 0.5, 0.75),
+  importance: Mapping[str, float] = DEFAULT_CRIC_IMPORTANCE,
+  multiple_of: ArrayLike = 1,
 ) -> optax.GradientTransformationExtraArgs:
   """HESSO-CRIC: probe, correct, then select ``R`` groups at once and forget them like HESSO.
 
@@ -349,44 +404,69 @@ def hesso_cric(
     [ True False  True False] [0. 0.]
   """
   trials, weights, loss_w = _check_args(
-      space, target_group_sparsity=target_group_sparsity, start_cric_step=start_cric_step,
-      sampling_steps=sampling_steps, max_cycle_period=max_cycle_period, tolerance=tolerance,
-      hybrid_training_steps=hybrid_training_steps, trial_sparsities=trial_sparsities,
-      importance=importance, multiple_of=multiple_of)
+    space,
+    target_group_sparsity=target_group_sparsity,
+    start_cric_step=start_cric_step,
+    sampling_steps=sampling_steps,
+    max_cycle_period=max_cycle_period,
+    tolerance=tolerance,
+    hybrid_training_steps=hybrid_training_steps,
+    trial_sparsities=trial_sparsities,
+    importance=importance,
+    multiple_of=multiple_of,
+  )
   cm.warn_if_unreachable(space, target_group_sparsity, multiple_of)
   base = optax.with_extra_args_support(base_tx)
   G = space.num_groups
   N = len(space.prunable_spaces) if G else 0
   L = len(trials)
   # number of groups zeroed by trial t = (space t // L, sparsity t % L)
-  ktab = np.array([max(1, int(np.floor(s.size * tau))) for s in space.prunable_spaces
-                   for tau in trials] or [0], np.int32)
-  cfg = _Config(weights, loss_w, ktab, L, multiple_of, max_cycle_period, tolerance,
-                sampling_steps, hybrid_training_steps)
+  ktab = np.array(
+    [max(1, int(np.floor(s.size * tau))) for s in space.prunable_spaces for tau in trials] or [0],
+    np.int32,
+  )
+  cfg = _Config(
+    weights,
+    loss_w,
+    ktab,
+    L,
+    multiple_of,
+    max_cycle_period,
+    tolerance,
+    sampling_steps,  # type: ignore[arg-type]
+    hybrid_training_steps,  # type: ignore[arg-type]
+  )
 
   def init_fn(params):
     if not cm.is_params_placeholder(params):
       cm.resolve_space(space, params).validate(params)
     zeros_b = jnp.zeros((G,), bool)
     return CricState(
-        count=jnp.zeros([], jnp.int32),
-        redundant=zeros_b, pruned=zeros_b, active=zeros_b, trial=zeros_b, historical=zeros_b,
-        score_sum=jnp.zeros((G,), jnp.float32),
-        score_count=jnp.zeros((G,), jnp.int32),
-        loss_ratio=jnp.zeros((N, L), jnp.float32),
-        ref_loss=jnp.zeros([], jnp.float32),
-        end=jnp.asarray(_NOT_YET, jnp.int32),
-        cache=jax.tree_util.tree_map(jnp.array, params),
-        base_state=base.init(params),
+      count=jnp.zeros([], jnp.int32),
+      redundant=zeros_b,
+      pruned=zeros_b,
+      active=zeros_b,
+      trial=zeros_b,
+      historical=zeros_b,
+      score_sum=jnp.zeros((G,), jnp.float32),
+      score_count=jnp.zeros((G,), jnp.int32),
+      loss_ratio=jnp.zeros((N, L), jnp.float32),
+      ref_loss=jnp.zeros([], jnp.float32),
+      end=jnp.asarray(_NOT_YET, jnp.int32),
+      cache=jax.tree_util.tree_map(jnp.array, params),
+      base_state=base.init(params),
     )
 
   def update_fn(updates, state, params=None, *, value=None, value_fn=None, **extra_args):
     if params is None:
-      raise TypeError("hesso_cric: update() needs params "
-                      "(tx.update(grads, state, params, value=loss))")
+      raise TypeError(
+        "hesso_cric: update() needs params (tx.update(grads, state, params, value=loss))"
+      )
     if value is None and value_fn is None:
-      raise TypeError("hesso_cric: update() needs the loss: tx.update(grads, state, params, "
-                      "value=loss) or value_fn=lambda p: loss_fn(p, batch)")
+      raise TypeError(
+        "hesso_cric: update() needs the loss: tx.update(grads, state, params, "
+        "value=loss) or value_fn=lambda p: loss_fn(p, batch)"
+      )
     if value is not None:
       extra_args = {**extra_args, "value": value}
     u, base_state = base.update(updates, state.base_state, params, **extra_args)
@@ -395,8 +475,14 @@ def hesso_cric(
       return u, state._replace(count=count, base_state=base_state)
     u = cm.promote_updates(u, params)
     sp = cm.resolve_space(space, params)
-    ph = cric_phase(state.count, state.end, start=start_cric_step, sampling_steps=sampling_steps,
-                    hybrid_steps=hybrid_training_steps, num_trials=N * L)
+    ph = cric_phase(
+      state.count,
+      state.end,
+      start=start_cric_step,
+      sampling_steps=sampling_steps,
+      hybrid_steps=hybrid_training_steps,
+      num_trials=N * L,
+    )
     # Elementwise (no lax.cond on full-size operands), so XLA fuses it with the update below.
     cache = jax.tree_util.tree_map(lambda x, c: jnp.where(ph.first, x, c), params, state.cache)
     ref_loss, ratio = _loss_terms(ph, value, value_fn, params, state.cache, state.ref_loss)
@@ -415,18 +501,28 @@ def hesso_cric(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _check_args(space: SearchSpace, *, target_group_sparsity: ArrayLike, start_cric_step: ArrayLike,
-                sampling_steps: ArrayLike | None, max_cycle_period: ArrayLike,
-                tolerance: ArrayLike, hybrid_training_steps: ArrayLike | None,
-                trial_sparsities: Sequence[float], importance: Mapping[str, float],
-                multiple_of: ArrayLike) -> tuple[tuple[float, ...], dict, float]:
+def _check_args(
+  space: SearchSpace,
+  *,
+  target_group_sparsity: ArrayLike,
+  start_cric_step: ArrayLike,
+  sampling_steps: ArrayLike | None,
+  max_cycle_period: ArrayLike,
+  tolerance: ArrayLike,
+  hybrid_training_steps: ArrayLike | None,
+  trial_sparsities: Sequence[float],
+  importance: Mapping[str, float],
+  multiple_of: ArrayLike,
+) -> tuple[tuple[float, ...], dict, float]:
   """Validate :func:`hesso_cric`'s arguments; returns (trials, saliency weights, loss weight)."""
   if sampling_steps is None:
-    raise TypeError("hesso_cric: sampling_steps (the length of one CRIC cycle, e.g. 10-100 steps) "
-                    "is required")
+    raise TypeError(
+      "hesso_cric: sampling_steps (the length of one CRIC cycle, e.g. 10-100 steps) is required"
+    )
   if hybrid_training_steps is None:
-    raise TypeError("hesso_cric: hybrid_training_steps (the length of the final forgetting period) "
-                    "is required")
+    raise TypeError(
+      "hesso_cric: hybrid_training_steps (the length of the final forgetting period) is required"
+    )
   cm.check_sparsity("target_group_sparsity", target_group_sparsity)
   cm.check_int("start_cric_step", start_cric_step, lo=0)
   cm.check_int("sampling_steps", sampling_steps, lo=1)
@@ -448,10 +544,12 @@ def _check_trials(trial_sparsities: Sequence[float]) -> tuple[float, ...]:
     trials = tuple(float(t) for t in trial_sparsities)
   except TypeError as e:
     raise TypeError(
-        f"trial_sparsities must be a sequence of numbers, got {trial_sparsities!r}") from e
+      f"trial_sparsities must be a sequence of numbers, got {trial_sparsities!r}"
+    ) from e
   if not trials or any(not 0.0 < t < 1.0 for t in trials):
-    raise ValueError(f"trial_sparsities must be a non-empty sequence of values in (0, 1), got "
-                     f"{trial_sparsities!r}")
+    raise ValueError(
+      f"trial_sparsities must be a non-empty sequence of values in (0, 1), got {trial_sparsities!r}"
+    )
   return trials
 
 
@@ -469,8 +567,14 @@ class _Config(NamedTuple):
   hybrid_steps: ArrayLike
 
 
-def _loss_terms(ph: CricPhase, value: ArrayLike | None, value_fn: Callable | None, params: Any,
-                cache: Any, ref_loss: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _loss_terms(
+  ph: CricPhase,
+  value: ArrayLike | None,
+  value_fn: Callable | None,
+  params: Any,
+  cache: Any,
+  ref_loss: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
   """(reference loss, projected / reference loss ratio of this step).
 
   With ``value_fn`` both losses are evaluated on the current batch on measurement steps (the
@@ -482,15 +586,27 @@ def _loss_terms(ph: CricPhase, value: ArrayLike | None, value_fn: Callable | Non
     num, den = f32(value), ref_loss
   else:
     ref_loss = cm.cond(ph.first, lambda p: f32(value_fn(p)), lambda p: ref_loss, params)
-    num, den = cm.cond(ph.meas, lambda ops: (f32(value_fn(ops[0])), f32(value_fn(ops[1]))),
-                       lambda ops: (jnp.ones([], jnp.float32), jnp.ones([], jnp.float32)),
-                       (params, cache))
+    num, den = cm.cond(
+      ph.meas,
+      lambda ops: (f32(value_fn(ops[0])), f32(value_fn(ops[1]))),
+      lambda ops: (jnp.ones([], jnp.float32), jnp.ones([], jnp.float32)),
+      (params, cache),
+    )
   return ref_loss, jnp.where(den != 0, num / den, jnp.inf)
 
 
-def _cric_step(cfg: _Config, sp: SearchSpace, ph: CricPhase, R: jax.Array, params: Any, cache: Any,
-               ratio: jax.Array, u: Any, direction: Callable[[], Any],
-               st: CricState) -> tuple[Any, CricState]:
+def _cric_step(
+  cfg: _Config,
+  sp: SearchSpace,
+  ph: CricPhase,
+  R: jax.Array,
+  params: Any,
+  cache: Any,
+  ratio: jax.Array,
+  u: Any,
+  direction: Callable[[], Any],
+  st: CricState,
+) -> tuple[Any, CricState]:
   """One step on the small state fields ``st`` (every phase; masks are all-false where idle).
 
   The saliency (of ``direction()``) and the final ranking sit behind ``lax.cond``s on their
@@ -506,15 +622,24 @@ def _cric_step(cfg: _Config, sp: SearchSpace, ph: CricPhase, R: jax.Array, param
   ok = record & jnp.isfinite(score)
   score_sum = st.score_sum + jnp.where(ok, score, 0.0)
   score_count = st.score_count + ok.astype(jnp.int32)
-  proj_mask, loss_ratio = probe_update(ph, score, ratio, st.loss_ratio, sp, cfg.ktab,
-                                       cfg.num_trial_sparsities)
-  sets = cycle_update(ph, score, R, CycleSets(st.active, st.trial, st.historical, False),
-                      max_cycles=cfg.max_cycles, tolerance=cfg.tolerance)
+  proj_mask, loss_ratio = probe_update(
+    ph, score, ratio, st.loss_ratio, sp, cfg.ktab, cfg.num_trial_sparsities
+  )
+  sets = cycle_update(
+    ph,
+    score,
+    R,
+    CycleSets(st.active, st.trial, st.historical, False),  # type: ignore[arg-type]
+    max_cycles=cfg.max_cycles,
+    tolerance=cfg.tolerance,
+  )
   ktab_nl = cfg.ktab.reshape(-1, cfg.num_trial_sparsities)
   redundant = cm.cond(
-      sets.terminate,
-      lambda ops: final_selection(*ops, cfg.loss_weight, sp, ktab_nl, R, cfg.multiple_of),
-      lambda ops: st.redundant, (score_sum, score_count, loss_ratio))
+    sets.terminate,
+    lambda ops: final_selection(*ops, cfg.loss_weight, sp, ktab_nl, R, cfg.multiple_of),  # type: ignore[call-arg]
+    lambda ops: st.redundant,
+    (score_sum, score_count, loss_ratio),
+  )
   end = jnp.where(sets.terminate, st.count + 1, st.end)
 
   S = jnp.asarray(cfg.sampling_steps, jnp.int32)
@@ -522,12 +647,27 @@ def _cric_step(cfg: _Config, sp: SearchSpace, ph: CricPhase, R: jax.Array, param
   factor = jnp.where(ph.cycling, cm.decay_factor(S, ph.jc), cm.decay_factor(H, ph.jh))
   forget = jnp.where(ph.cycling, sets.active, redundant & ph.forgetting)
   u_eff = jax.tree_util.tree_map(lambda a: jnp.where(ph.probing, jnp.zeros_like(a), a), u)
-  out = cm.masked_updates(u_eff, params, sp, forget=forget, factor=factor,
-                          zero=st.pruned | proj_mask, restore=cache,
-                          restore_when=ph.meas | ph.boundary)
+  out = cm.masked_updates(
+    u_eff,
+    params,
+    sp,
+    forget=forget,
+    factor=factor,
+    zero=st.pruned | proj_mask,
+    restore=cache,
+    restore_when=ph.meas | ph.boundary,
+  )
   commit = ph.forgetting & (ph.jh == H - 1)
   pruned = jnp.where(commit, st.pruned | redundant, st.pruned)
   redundant = jnp.where(commit, jnp.zeros_like(redundant), redundant)
-  return out, st._replace(redundant=redundant, pruned=pruned, active=sets.active,
-                          trial=sets.trial, historical=sets.historical, score_sum=score_sum,
-                          score_count=score_count, loss_ratio=loss_ratio, end=end)
+  return out, st._replace(
+    redundant=redundant,
+    pruned=pruned,
+    active=sets.active,
+    trial=sets.trial,
+    historical=sets.historical,
+    score_sum=score_sum,
+    score_count=score_count,
+    loss_ratio=loss_ratio,
+    end=end,
+  )

@@ -30,7 +30,7 @@ class HessoState(NamedTuple):
     base_state: the base transformation's state.
   """
 
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]
   redundant: jax.Array
   pruned: jax.Array
   base_state: optax.OptState
@@ -42,15 +42,15 @@ class HessoState(NamedTuple):
 
 
 def hesso(
-    base_tx: optax.GradientTransformation,
-    space: SearchSpace,
-    *,
-    target_group_sparsity: ArrayLike,
-    warmup_steps: ArrayLike,
-    pruning_steps: ArrayLike,
-    pruning_periods: ArrayLike = 1,
-    importance: Mapping[str, float] = sal.DEFAULT_IMPORTANCE,
-    multiple_of: ArrayLike = 1,
+  base_tx: optax.GradientTransformation,
+  space: SearchSpace,
+  *,
+  target_group_sparsity: ArrayLike,
+  warmup_steps: ArrayLike,
+  pruning_steps: ArrayLike,
+  pruning_periods: ArrayLike = 1,
+  importance: Mapping[str, float] = sal.DEFAULT_IMPORTANCE,
+  multiple_of: ArrayLike = 1,
 ) -> optax.GradientTransformationExtraArgs:
   """HESSO: train with ``base_tx`` while progressively forgetting the least salient groups.
 
@@ -145,8 +145,9 @@ def hesso(
   ck = cm.concrete("pruning_periods", pruning_periods)
   if cp is not None and ck is not None and ck > cp:
     raise ValueError(
-        f"pruning_periods ({pruning_periods}) must not exceed pruning_steps ({pruning_steps}): "
-        "each period needs at least one step")
+      f"pruning_periods ({pruning_periods}) must not exceed pruning_steps ({pruning_steps}): "
+      "each period needs at least one step"
+    )
   cm.check_space(space)
   weights = sal.validate_importance(importance)
   base = optax.with_extra_args_support(base_tx)
@@ -157,10 +158,10 @@ def hesso(
     if not cm.is_params_placeholder(params):
       cm.resolve_space(space, params).validate(params)
     return HessoState(
-        count=jnp.zeros([], jnp.int32),
-        redundant=jnp.zeros((G,), bool),
-        pruned=jnp.zeros((G,), bool),
-        base_state=base.init(params),
+      count=jnp.zeros([], jnp.int32),
+      redundant=jnp.zeros((G,), bool),
+      pruned=jnp.zeros((G,), bool),
+      base_state=base.init(params),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -182,8 +183,9 @@ def hesso(
       uu, _ = base.update(updates, state.base_state, params, **extra_args)
       return jax.tree_util.tree_map(jnp.negative, cm.promote_updates(uu, params))
 
-    out, redundant, pruned = _pruning_step(sp, weights, multiple_of, R, sched, params, u,
-                                           direction, state.redundant, state.pruned)
+    out, redundant, pruned = _pruning_step(
+      sp, weights, multiple_of, R, sched, params, u, direction, state.redundant, state.pruned
+    )
     return out, HessoState(count=count, redundant=redundant, pruned=pruned, base_state=base_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -192,15 +194,20 @@ def hesso(
 class _Schedule(NamedTuple):
   """Where step ``count`` sits in the pruning schedule (all traced int32/bool scalars)."""
 
-  in_window: jax.Array   # warmup <= count < warmup + K*T
-  j: jax.Array           # step inside the current period
-  k: jax.Array           # period index
-  T: jax.Array           # period length
-  K: jax.Array           # number of periods
+  in_window: jax.Array  # warmup <= count < warmup + K*T
+  j: jax.Array  # step inside the current period
+  k: jax.Array  # period index
+  T: jax.Array  # period length
+  K: jax.Array  # number of periods
 
   @classmethod
-  def at(cls, count: jax.Array, warmup_steps: ArrayLike, pruning_steps: ArrayLike,
-         pruning_periods: ArrayLike) -> "_Schedule":
+  def at(
+    cls,
+    count: jax.Array,
+    warmup_steps: ArrayLike,
+    pruning_steps: ArrayLike,
+    pruning_periods: ArrayLike,
+  ) -> _Schedule:
     W = jnp.asarray(warmup_steps, jnp.int32)
     K = jnp.maximum(jnp.asarray(pruning_periods, jnp.int32), 1)
     T = jnp.maximum(jnp.asarray(pruning_steps, jnp.int32) // K, 1)
@@ -209,9 +216,18 @@ class _Schedule(NamedTuple):
     return cls((rel >= 0) & (rel < K * T), relc % T, relc // T, T, K)
 
 
-def _pruning_step(sp: SearchSpace, weights: dict, multiple_of: ArrayLike, R: jax.Array,
-                  sched: _Schedule, params: Any, u: Any, direction: Callable[[], Any],
-                  redundant: jax.Array, pruned: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
+def _pruning_step(
+  sp: SearchSpace,
+  weights: dict,
+  multiple_of: ArrayLike,
+  R: jax.Array,
+  sched: _Schedule,
+  params: Any,
+  u: Any,
+  direction: Callable[[], Any],
+  redundant: jax.Array,
+  pruned: jax.Array,
+) -> tuple[Any, jax.Array, jax.Array]:
   """One step: select at ``j == 0`` (saliency of ``direction()``), forget, commit, zero pruned.
 
   Only the selection is behind a ``lax.cond``; the update itself is one elementwise expression
@@ -228,8 +244,9 @@ def _pruning_step(sp: SearchSpace, weights: dict, multiple_of: ArrayLike, R: jax
 
   redundant = cm.cond(sched.in_window & (sched.j == 0), select, lambda red: red, redundant)
   factor = cm.decay_factor(sched.T, sched.j)
-  out = cm.masked_updates(u, params, sp, forget=redundant & sched.in_window, factor=factor,
-                          zero=pruned)
+  out = cm.masked_updates(
+    u, params, sp, forget=redundant & sched.in_window, factor=factor, zero=pruned
+  )
   commit = sched.in_window & (sched.j == sched.T - 1)
   pruned = jnp.where(commit, pruned | redundant, pruned)
   redundant = jnp.where(commit, jnp.zeros_like(redundant), redundant)

@@ -33,7 +33,8 @@ group does not poison the scores of the others.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,30 +43,30 @@ import numpy as np
 from hesso_jax.space import SearchSpace
 
 __all__ = [
-    "CRITERIA",
-    "DEFAULT_IMPORTANCE",
-    "GroupStats",
-    "group_stats",
-    "magnitude",
-    "avg_magnitude",
-    "cosine_similarity",
-    "taylor_first_order",
-    "taylor_second_order",
-    "raw_criteria",
-    "normalize",
-    "combine",
-    "saliency",
-    "validate_importance",
+  "CRITERIA",
+  "DEFAULT_IMPORTANCE",
+  "GroupStats",
+  "group_stats",
+  "magnitude",
+  "avg_magnitude",
+  "cosine_similarity",
+  "taylor_first_order",
+  "taylor_second_order",
+  "raw_criteria",
+  "normalize",
+  "combine",
+  "saliency",
+  "validate_importance",
 ]
 
 EPS = 1e-8
 
 CRITERIA = (
-    "magnitude",
-    "avg_magnitude",
-    "cosine_similarity",
-    "taylor_first_order",
-    "taylor_second_order",
+  "magnitude",
+  "avg_magnitude",
+  "cosine_similarity",
+  "taylor_first_order",
+  "taylor_second_order",
 )
 
 #: The reference's default weights: 0.2 for each of the five criteria.
@@ -75,9 +76,9 @@ DEFAULT_IMPORTANCE: Mapping[str, float] = {c: 0.2 for c in CRITERIA}
 class GroupStats(NamedTuple):
   """Per-group reductions every criterion is built from (all float32, shape (G,))."""
 
-  xx: jax.Array    # <x_g, x_g>
-  dd: jax.Array    # <d_g, d_g>   (zeros when no direction was given)
-  xd: jax.Array    # <x_g, d_g>   (zeros when no direction was given)
+  xx: jax.Array  # <x_g, x_g>
+  dd: jax.Array  # <d_g, d_g>   (zeros when no direction was given)
+  xd: jax.Array  # <x_g, d_g>   (zeros when no direction was given)
   size: jax.Array  # number of producer elements of g (float32)
 
 
@@ -88,14 +89,20 @@ def _real_parts(tree: Any) -> tuple[Any, Any]:
   return jax.tree_util.tree_map(jnp.real, tree), jax.tree_util.tree_map(jnp.imag, tree)
 
 
-def _reduce(space: SearchSpace, fn: Any, a: tuple[Any, Any], b: tuple[Any, Any] | None = None,
-            ) -> jax.Array:
+def _reduce(
+  space: SearchSpace,
+  fn: Any,
+  a: tuple[Any, Any],
+  b: tuple[Any, Any] | None = None,
+) -> jax.Array:
   """``sum fn(re a, re b) + sum fn(im a, im b)``: the real inner products of (complex) leaves."""
   trees = [a[0]] if b is None else [a[0], b[0]]
   out = space.group_reduce(fn, *trees)
   if a[1] is not None or (b is not None and b[1] is not None):
-    im = [t[1] if t[1] is not None else jax.tree_util.tree_map(jnp.zeros_like, t[0])
-          for t in ([a] if b is None else [a, b])]
+    im = [
+      t[1] if t[1] is not None else jax.tree_util.tree_map(jnp.zeros_like, t[0])
+      for t in ([a] if b is None else [a, b])
+    ]
     out = out + space.group_reduce(fn, *im)
   return out
 
@@ -148,11 +155,11 @@ def _taylor_second_order(st: GroupStats, eps: float = EPS) -> jax.Array:
 
 
 _RAW = {
-    "magnitude": _magnitude,
-    "avg_magnitude": _avg_magnitude,
-    "cosine_similarity": _cosine_similarity,
-    "taylor_first_order": _taylor_first_order,
-    "taylor_second_order": _taylor_second_order,
+  "magnitude": _magnitude,
+  "avg_magnitude": _avg_magnitude,
+  "cosine_similarity": _cosine_similarity,
+  "taylor_first_order": _taylor_first_order,
+  "taylor_second_order": _taylor_second_order,
 }
 
 
@@ -169,8 +176,9 @@ def avg_magnitude(space: SearchSpace, params: Any, direction: Any = None) -> jax
   return _avg_magnitude(group_stats(space, params, None))
 
 
-def cosine_similarity(space: SearchSpace, params: Any, direction: Any,
-                      eps: float = EPS) -> jax.Array:
+def cosine_similarity(
+  space: SearchSpace, params: Any, direction: Any, eps: float = EPS
+) -> jax.Array:
   """Raw ``<x_g, d_g> / (||x_g|| ||d_g|| + eps) + 1`` per group (range [0, 2])."""
   return _cosine_similarity(group_stats(space, params, direction), eps)
 
@@ -188,8 +196,9 @@ def taylor_second_order(space: SearchSpace, params: Any, direction: Any) -> jax.
 # --- combination ---------------------------------------------------------------------------------
 
 
-def validate_importance(importance: Mapping[str, Any], *, extra: tuple[str, ...] = (),
-                        name: str = "importance") -> dict[str, float]:
+def validate_importance(
+  importance: Mapping[str, Any], *, extra: tuple[str, ...] = (), name: str = "importance"
+) -> dict[str, float]:
   """Check an importance-weight dict; returns a plain dict.
 
   Raises TypeError for a non-mapping or a non-numeric weight, ValueError for an unknown criterion
@@ -213,13 +222,20 @@ def validate_importance(importance: Mapping[str, Any], *, extra: tuple[str, ...]
   return out
 
 
-def raw_criteria(space: SearchSpace, params: Any, direction: Any = None,
-                 names: tuple[str, ...] = CRITERIA, eps: float = EPS) -> dict[str, jax.Array]:
+def raw_criteria(
+  space: SearchSpace,
+  params: Any,
+  direction: Any = None,
+  names: tuple[str, ...] = CRITERIA,
+  eps: float = EPS,
+) -> dict[str, jax.Array]:
   """Raw (un-normalised) criterion vectors ``{name: (G,)}``, sharing one set of reductions."""
   need_d = any(n not in ("magnitude", "avg_magnitude") for n in names)
   if need_d and direction is None:
-    raise TypeError(f"criteria {[n for n in names if n not in ('magnitude', 'avg_magnitude')]} "
-                     "need a direction (the update direction d = -u); got direction=None")
+    raise TypeError(
+      f"criteria {[n for n in names if n not in ('magnitude', 'avg_magnitude')]} "
+      "need a direction (the update direction d = -u); got direction=None"
+    )
   st = group_stats(space, params, direction if need_d else None)
   return {n: _RAW[n](st, eps) for n in names}
 
@@ -257,8 +273,13 @@ def combine(raw: Mapping[str, jax.Array], weights: Mapping[str, float]) -> jax.A
   return jnp.where(finite & jnp.isfinite(total), total, jnp.inf)
 
 
-def saliency(space: SearchSpace, params: Any, direction: Any = None,
-             importance: Mapping[str, float] = DEFAULT_IMPORTANCE, eps: float = EPS) -> jax.Array:
+def saliency(
+  space: SearchSpace,
+  params: Any,
+  direction: Any = None,
+  importance: Mapping[str, float] = DEFAULT_IMPORTANCE,
+  eps: float = EPS,
+) -> jax.Array:
   """(num_groups,) float32 saliency; lower = more redundant; ``+inf`` for non-finite groups.
 
   Args:

@@ -20,9 +20,9 @@ __all__ = ["PruningState", "find_pruning_states", "pruned_mask", "redundant_mask
 class PruningState(Protocol):
   """What every HESSO-family optimizer state exposes (``HessoState``, ``CricState``)."""
 
-  count: Any       # int32 scalar, number of update calls so far
-  redundant: Any   # bool (G,), groups being forgotten
-  pruned: Any      # bool (G,), groups committed to exactly zero
+  count: Any  # int32 scalar, number of update calls so far
+  redundant: Any  # bool (G,), groups being forgotten
+  pruned: Any  # bool (G,), groups committed to exactly zero
 
 
 def find_pruning_states(opt_state: Any) -> list[PruningState]:
@@ -52,9 +52,10 @@ def _the_state(opt_state: Any, fn: str) -> PruningState:
   found = find_pruning_states(opt_state)
   if not found:
     raise ValueError(
-        f"{fn}: no HessoState/CricState found in the given optimizer state (type "
-        f"{type(opt_state).__name__}); pass the state of a hesso()/hesso_cric() transformation "
-        "(possibly chained or wrapped)")
+      f"{fn}: no HessoState/CricState found in the given optimizer state (type "
+      f"{type(opt_state).__name__}); pass the state of a hesso()/hesso_cric() transformation "
+      "(possibly chained or wrapped)"
+    )
   if len(found) > 1:
     raise ValueError(f"{fn}: found {len(found)} HESSO states in the optimizer state; expected one")
   return found[0]

@@ -4,7 +4,6 @@
 new code can use ``hesso_jax.optim.cric_schedule``.
 """
 
-from hesso_jax.optim._cric import (DEFAULT_CRIC_IMPORTANCE, CricState, cric_schedule,
-                                   hesso_cric)
+from hesso_jax.optim._cric import DEFAULT_CRIC_IMPORTANCE, CricState, cric_schedule, hesso_cric
 
 __all__ = ["CricState", "DEFAULT_CRIC_IMPORTANCE", "cric_schedule", "hesso_cric"]

@@ -15,7 +15,8 @@ and sliced along pruned channels, like captured constants.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -34,8 +35,9 @@ class _Shrink:
   for other shapes (batch, sequence, image resolution).
   """
 
-  def __init__(self, an: Analysis, leaf_keep: dict, masks: dict | None = None,
-               corrections: dict | None = None):
+  def __init__(
+    self, an: Analysis, leaf_keep: dict, masks: dict | None = None, corrections: dict | None = None
+  ):
     self.an = an
     self.A = an.atoms
     self.leaf_keep = leaf_keep
@@ -87,7 +89,7 @@ def _rewrite_params(sh: _Shrink, visit: Visit, eqn, invals) -> dict:
         if starts[k] == 0 and limits[k] == old[k]:
           limits[k] = sh.size(a)  # a full slice of an input-sized axis stays full
         continue
-      starts[k], limits[k] = int(m[:starts[k]].sum()), int(m[:limits[k]].sum())
+      starts[k], limits[k] = int(m[: starts[k]].sum()), int(m[: limits[k]].sum())
     p["start_indices"], p["limit_indices"] = tuple(starts), tuple(limits)
   elif name == "conv_general_dilated":
     dn = p["dimension_numbers"]
@@ -103,15 +105,15 @@ def _rewrite_params(sh: _Shrink, visit: Visit, eqn, invals) -> dict:
 def _eval(sh: _Shrink, visit: Visit, consts, args):
   jaxpr = visit.jaxpr
   env = {}
-  for v, x in zip(jaxpr.constvars, consts):
+  for v, x in zip(jaxpr.constvars, consts, strict=True):
     env[v] = sh.slice_leaf(x, visit.env[v]) if np.ndim(x) else x  # captured constants
-  for v, x in zip(jaxpr.invars, args):
+  for v, x in zip(jaxpr.invars, args, strict=True):
     env[v] = x
   read = lambda v: v.val if J.is_literal(v) else env[v]
   for i, eqn in enumerate(jaxpr.eqns):
     invals = [read(v) for v in eqn.invars]
     outs = _eval_eqn(sh, visit, i, eqn, invals)
-    for v, x in zip(eqn.outvars, outs):
+    for v, x in zip(eqn.outvars, outs, strict=True):
       if not J.is_drop(v):
         env[v] = x
   return [read(v) for v in jaxpr.outvars]
@@ -128,28 +130,32 @@ def _eval_eqn(sh: _Shrink, visit: Visit, i: int, eqn, invals):
   if name == "scan":
     nc, ncar = p["num_consts"], p["num_carry"]
     _, bconsts = J.open_jaxpr(p["jaxpr"])
-    consts, init, xs = invals[:nc], invals[nc:nc + ncar], invals[nc + ncar:]
+    consts, init, xs = invals[:nc], invals[nc : nc + ncar], invals[nc + ncar :]
 
     def body(carry, x):
       outs = _eval(sh, kids[0], bconsts, list(consts) + list(carry) + list(x))
       return outs[:ncar], outs[ncar:]
 
-    carry, ys = lax.scan(body, list(init), list(xs), length=p["length"], reverse=p["reverse"],
-                         unroll=p["unroll"])
+    carry, ys = lax.scan(
+      body, list(init), list(xs), length=p["length"], reverse=p["reverse"], unroll=p["unroll"]
+    )
     return list(carry) + list(ys)
   if name == "while":
     cn, bn = p["cond_nconsts"], p["body_nconsts"]
     _, cjc = J.open_jaxpr(p["cond_jaxpr"])
     _, bjc = J.open_jaxpr(p["body_jaxpr"])
-    cc, bc, init = invals[:cn], invals[cn:cn + bn], invals[cn + bn:]
-    out = lax.while_loop(lambda c: _eval(sh, kids[0], cjc, list(cc) + list(c))[0],
-                         lambda c: _eval(sh, kids[1], bjc, list(bc) + list(c)), list(init))
+    cc, bc, init = invals[:cn], invals[cn : cn + bn], invals[cn + bn :]
+    out = lax.while_loop(
+      lambda c: _eval(sh, kids[0], cjc, list(cc) + list(c))[0],  # type: ignore[index]
+      lambda c: _eval(sh, kids[1], bjc, list(bc) + list(c)),  # type: ignore[index]
+      list(init),
+    )
     return list(out)
   if name == "cond":
     fns = []
     for k, br in enumerate(p["branches"]):
       _, bcs = J.open_jaxpr(br)
-      fns.append(lambda *ops, k=k, bcs=bcs: _eval(sh, kids[k], bcs, list(ops)))
+      fns.append(lambda *ops, k=k, bcs=bcs: _eval(sh, kids[k], bcs, list(ops)))  # type: ignore[index]
     return list(lax.switch(invals[0], fns, *invals[1:]))
   if name == "iota":
     return [_iota(sh, visit, eqn)]
@@ -160,15 +166,18 @@ def _eval_eqn(sh: _Shrink, visit: Visit, i: int, eqn, invals):
   out = eqn.primitive.bind(*invals, **params)
   if key in sh.corrections:
     out = out + _slice_correction(sh, visit.env[eqn.outvars[0]], sh.corrections[key]).astype(
-        out.dtype)
+      out.dtype
+    )
   return list(out) if eqn.primitive.multiple_results else [out]
 
 
 def _iota(sh: _Shrink, visit: Visit, eqn):
   """The full iota, sliced along pruned channels (its values are the kept channels' indices)."""
   atoms = visit.env[eqn.outvars[0]]
-  shape = tuple(sh.size(a) if sh.mask(a).all() else n
-                for a, n in zip(atoms, eqn.outvars[0].aval.shape, strict=True))
+  shape = tuple(
+    sh.size(a) if sh.mask(a).all() else n
+    for a, n in zip(atoms, eqn.outvars[0].aval.shape, strict=True)
+  )
   return sh.slice_leaf(eqn.primitive.bind(**{**eqn.params, "shape": shape}), atoms)
 
 
@@ -236,9 +245,12 @@ def _fold_correction(an: Analysis, leaf_keep: dict, items: list, invals: list):
     kshape[c] = kvec.size
     const = jax.numpy.broadcast_to(kvec.astype(var.aval.dtype).reshape(kshape), shape)
     ops = (const, other) if side == 0 else (other, const)
-    total = total + lax.dot_general(*ops, eqn.params["dimension_numbers"],
-                                    precision=lax.Precision.HIGHEST,
-                                    preferred_element_type=eqn.params.get("preferred_element_type"))
+    total = total + lax.dot_general(  # type: ignore[assignment,call-arg,misc]
+      *ops,
+      eqn.params["dimension_numbers"],
+      precision=lax.Precision.HIGHEST,
+      preferred_element_type=eqn.params.get("preferred_element_type"),
+    )
   return total
 
 
@@ -250,8 +262,9 @@ def _fold_corrections(an: Analysis, leaf_keep: dict, consts: list, inputs: list)
   rec = _Shrink(an, {})
   rec.record = dict.fromkeys(sites)
   _eval(rec, an.visit, consts, inputs)
-  return {key: _fold_correction(an, leaf_keep, items, rec.record[key])
-          for key, items in sites.items()}  # every site is outside loops: always recorded
+  return {
+    key: _fold_correction(an, leaf_keep, items, rec.record[key]) for key, items in sites.items()
+  }  # every site is outside loops: always recorded
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,8 +278,8 @@ def _member_key(m):
 
 def _match_spaces(space: SearchSpace, an: Analysis) -> list[int]:
   """For each prunable space of ``space``: the analysis leaf atom it corresponds to."""
-  index = {}
-  for leaf, s in zip(an.space_leaves, an.space.channel_spaces):
+  index = {}  # type: ignore[var-annotated]
+  for leaf, s in zip(an.space_leaves, an.space.channel_spaces, strict=True):
     for m in s.members:
       index.setdefault(_member_key(m), set()).add(leaf)
   # also normalise width=None vs width=size
@@ -283,9 +296,10 @@ def _match_spaces(space: SearchSpace, an: Analysis) -> list[int]:
       cands = hits if cands is None else cands & hits
     if not cands or len(cands) != 1:
       raise ValueError(
-          f"compress: channel space {s.label()!r} does not correspond to a space that discovery "
-          f"finds in this function (members: {[m.describe(s.size) for m in s.members][:4]}); "
-          "compress needs the space from hj.discover(fn, variables, ...) on the same function")
+        f"compress: channel space {s.label()!r} does not correspond to a space that discovery "
+        f"finds in this function (members: {[m.describe(s.size) for m in s.members][:4]}); "
+        "compress needs the space from hj.discover(fn, variables, ...) on the same function"
+      )
     out.append(next(iter(cands)))
   return out
 
@@ -299,10 +313,10 @@ def round_up_keep(space: SearchSpace, keep: np.ndarray, multiple_of: int) -> np.
   if multiple_of < 1:
     raise ValueError(f"multiple_of must be >= 1, got {multiple_of}")
   keep = np.array(keep, bool)
-  for s, off in zip(space.prunable_spaces, space.group_offsets):
-    k = keep[off:off + s.size]  # a view: edits land in ``keep``
+  for s, off in zip(space.prunable_spaces, space.group_offsets, strict=True):
+    k = keep[off : off + s.size]  # a view: edits land in ``keep``
     want = min(s.size, -(-int(k.sum()) // multiple_of) * multiple_of)
-    k[np.nonzero(~k)[0][:want - int(k.sum())]] = True
+    k[np.nonzero(~k)[0][: want - int(k.sum())]] = True
   return keep
 
 
@@ -317,14 +331,16 @@ class _AtShapes:
   shapes, or its channel structure differs there, the error names the changed dimensions.
   """
 
-  def __init__(self, fn: Callable, variables: Any, space: SearchSpace, keep: np.ndarray,
-               sh: _Shrink):
+  def __init__(
+    self, fn: Callable, variables: Any, space: SearchSpace, keep: np.ndarray, sh: _Shrink
+  ):
     self.fn, self.space, self.keep, self.sh = fn, space, keep, sh
     self.var_leaves = jax.tree_util.tree_leaves(variables)  # the full ones, to record folds
     self.tr = sh.an.traced
     self.abstract = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(np.shape(x), jax.numpy.result_type(x)), variables)
-    invars = sh.an.visit.jaxpr.invars[self.tr.num_var_leaves:]
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), jax.numpy.result_type(x)), variables
+    )
+    invars = sh.an.visit.jaxpr.invars[self.tr.num_var_leaves :]
     self.traced_key = tuple((tuple(v.aval.shape), np.dtype(v.aval.dtype)) for v in invars)
     self.cache: dict[tuple, _Shrink] = {}
 
@@ -341,7 +357,9 @@ class _AtShapes:
   def _changed(self, key: tuple) -> str:
     out = []
     for k, ((old, _), (new, _)) in enumerate(zip(self.traced_key, key, strict=True)):
-      dims = [f"axis {d}: {a} -> {b}" for d, (a, b) in enumerate(zip(old, new)) if a != b]
+      dims = [
+        f"axis {d}: {a} -> {b}" for d, (a, b) in enumerate(zip(old, new, strict=False)) if a != b
+      ]
       if len(old) != len(new):
         dims = [f"shape {old} -> {new}"]
       out += [f"data input {k} {x}" for x in dims]
@@ -350,37 +368,54 @@ class _AtShapes:
   def _retrace(self, key: tuple) -> _Shrink:
     tr = self.tr
     it = iter(jax.ShapeDtypeStruct(shp, dt) for shp, dt in key)
-    leaves = [next(it) if d else s for d, s in zip(tr.arg_dynamic, tr.arg_static)]
+    leaves = [next(it) if d else s for d, s in zip(tr.arg_dynamic, tr.arg_static, strict=True)]
     args, kwargs = jax.tree_util.tree_unflatten(tr.arg_treedef, leaves)
     try:
       an = analyse(self.fn, self.abstract, *args, approximate=True, fold=True, **kwargs)
       ids = _match_spaces(self.space, an)
     except Exception as e:  # noqa: BLE001 - re-raised with the dimensions that changed
-      raise ValueError(f"small_fn: called at other input sizes ({self._changed(key)}) than at "
-                       f"compress time, and the function cannot be re-analysed there: "
-                       f"{type(e).__name__}: {e}") from e
-    leaf_keep = {an.atoms.find(leaf): self.keep[off:off + s.size] for s, off, leaf in zip(
-        self.space.prunable_spaces, self.space.group_offsets, ids, strict=True)}
+      raise ValueError(
+        f"small_fn: called at other input sizes ({self._changed(key)}) than at "
+        f"compress time, and the function cannot be re-analysed there: "
+        f"{type(e).__name__}: {e}"
+      ) from e
+    leaf_keep = {
+      an.atoms.find(leaf): self.keep[off : off + s.size]
+      for s, off, leaf in zip(
+        self.space.prunable_spaces, self.space.group_offsets, ids, strict=True
+      )
+    }
     corrections = {}
     if self.sh.corrections:
       # folded constants do not depend on the data inputs: record them on zeros of the new shapes
       zeros = [np.zeros(shp, dt) for shp, dt in key]
       with jax.ensure_compile_time_eval():  # small_fn may be called under jit: record eagerly
-        corrections = _fold_corrections(an, leaf_keep, list(an.traced.closed.consts),
-                                        list(self.var_leaves) + zeros)
+        corrections = _fold_corrections(
+          an, leaf_keep, list(an.traced.closed.consts), list(self.var_leaves) + zeros
+        )
     return _Shrink(an, leaf_keep, corrections=corrections)
 
   def _check_variables(self, sh: _Shrink, small_leaves: list, key: tuple) -> None:
-    invars = sh.an.visit.jaxpr.invars[:self.tr.num_var_leaves]
+    invars = sh.an.visit.jaxpr.invars[: self.tr.num_var_leaves]
     for path, v, x in zip(self.tr.var_paths, invars, small_leaves, strict=True):
       want = sh.shape(sh.an.visit, v)
       if tuple(np.shape(x)) != want:
-        raise ValueError(f"small_fn: at the new input sizes ({self._changed(key)}) variable "
-                         f"{'/'.join(map(str, path))!r} must have shape {want}, got {np.shape(x)}")
+        raise ValueError(
+          f"small_fn: at the new input sizes ({self._changed(key)}) variable "
+          f"{'/'.join(map(str, path))!r} must have shape {want}, got {np.shape(x)}"
+        )
 
 
-def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
-             check_zero: bool = True, multiple_of: int = 1, **kwargs) -> tuple[Callable, Any]:
+def compress(
+  fn: Callable,
+  variables: Any,
+  space: SearchSpace,
+  *args,
+  keep=None,
+  check_zero: bool = True,
+  multiple_of: int = 1,
+  **kwargs,
+) -> tuple[Callable, Any]:
   """Return ``(small_fn, small_variables)`` with the dropped groups cut out of every array.
 
   ``small_fn(small_variables, *args, **kwargs)`` equals ``fn(variables, *args, **kwargs)``
@@ -416,12 +451,14 @@ def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
   leaves = _match_spaces(space, an)
   leaf_keep = {}
   approximate = []
-  for s, off, leaf in zip(space.prunable_spaces, space.group_offsets, leaves):
-    k = keep[off:off + s.size]
+  for s, off, leaf in zip(space.prunable_spaces, space.group_offsets, leaves, strict=True):
+    k = keep[off : off + s.size]
     ans = an.space.channel_spaces[an.space_leaves.index(leaf)]
     if not k.all() and not ans.prunable:
-      raise ValueError(f"compress: space {s.label()!r} is not zero-invariant ({ans.reason}); "
-                       "removing its channels would change the function")
+      raise ValueError(
+        f"compress: space {s.label()!r} is not zero-invariant ({ans.reason}); "
+        "removing its channels would change the function"
+      )
     if not k.all() and "(approximate)" in ans.name:
       approximate.append(s.label())
     leaf_keep[an.atoms.find(leaf)] = k
@@ -429,11 +466,15 @@ def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
   top = an.visit
   var_leaves = jax.tree_util.tree_leaves(variables)
   consts = list(tr.closed.consts)
-  arg_leaves = [x for x, d in zip(jax.tree_util.tree_leaves((args, kwargs)), tr.arg_dynamic) if d]
+  arg_leaves = [
+    x for x, d in zip(jax.tree_util.tree_leaves((args, kwargs)), tr.arg_dynamic, strict=True) if d
+  ]
   corrections = _fold_corrections(an, leaf_keep, consts, list(var_leaves) + arg_leaves)
   sh = _Shrink(an, leaf_keep, corrections=corrections)
-  small_leaves = [sh.slice_leaf(x, top.env[v])
-                  for x, v in zip(var_leaves, top.jaxpr.invars[:tr.num_var_leaves])]
+  small_leaves = [
+    sh.slice_leaf(x, top.env[v])
+    for x, v in zip(var_leaves, top.jaxpr.invars[: tr.num_var_leaves], strict=True)
+  ]
   small = jax.tree_util.tree_unflatten(tr.var_treedef, small_leaves)
   at_shapes = _AtShapes(fn, variables, space, keep, sh)
 
@@ -444,21 +485,26 @@ def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
     al, atree = jax.tree_util.tree_flatten((a, kw))
     if atree != tr.arg_treedef:
       raise ValueError("small_fn: arguments must have the structure used at compress time")
-    dyn = [x for x, d in zip(al, tr.arg_dynamic) if d]
+    dyn = [x for x, d in zip(al, tr.arg_dynamic, strict=True) if d]
     call_sh = at_shapes(dyn, vl)
     outs = _eval(call_sh, call_sh.an.visit, list(call_sh.an.traced.closed.consts), list(vl) + dyn)
     return jax.tree_util.tree_unflatten(call_sh.an.traced.out_tree, outs)
 
-  small_fn.approximate_spaces = tuple(approximate)
-  small_fn.max_deviation = 0.0
+  small_fn.approximate_spaces = tuple(approximate)  # type: ignore[attr-defined]
+  small_fn.max_deviation = 0.0  # type: ignore[attr-defined]
   if approximate:
     # Not exact by construction (LayerNorm statistics see fewer channels): measure and report.
     full = jax.tree_util.tree_leaves(jax.jit(fn)(variables, *args, **kwargs))
     comp = jax.tree_util.tree_leaves(jax.jit(small_fn)(small, *args, **kwargs))
-    dev = max(float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
-              for a, b in zip(full, comp))
-    small_fn.max_deviation = dev
-    warnings.warn(f"compress: approximate spaces {approximate} were pruned; on the example inputs "
-                  f"the compressed output deviates from the full one by up to {dev:.3g}",
-                  UserWarning, stacklevel=2)
+    dev = max(
+      float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
+      for a, b in zip(full, comp, strict=True)
+    )
+    small_fn.max_deviation = dev  # type: ignore[attr-defined]
+    warnings.warn(
+      f"compress: approximate spaces {approximate} were pruned; on the example inputs "
+      f"the compressed output deviates from the full one by up to {dev:.3g}",
+      UserWarning,
+      stacklevel=2,
+    )
   return small_fn, small
