@@ -138,9 +138,9 @@ class Task:
     return R.make_base_tx(self.cfg, steps, self.cfg.lr)
 
   def train(self, variables: dict, tx: optax.GradientTransformation, steps: int, *,
-            data=None) -> T.TrainResult:
+            data=None, value_fn: bool = False) -> T.TrainResult:
     return T.train(self.model, variables, tx, data if data is not None else self.make_iter(), steps,
-                   progress=False, log_every=max(1, steps // 50))
+                   progress=False, log_every=max(1, steps // 50), value_fn=value_fn)
 
   def kept(self, variables: dict, pruned: np.ndarray, *, zeroed: bool = True) -> dict:
     """Params and FLOPs of the compressed model (widths aligned to MULTIPLE_OF) vs the full one.
@@ -195,7 +195,7 @@ def run_cric(t: Task, sparsity: float) -> dict:
                                 max_cycle_period=2 if t.small else 5)
   tx = hj.hesso_cric(t.base(t.steps), t.space_p, target_group_sparsity=sparsity,
                      multiple_of=MULTIPLE_OF, **kw)
-  res = t.train(t.variables, tx, t.steps)
+  res = t.train(t.variables, tx, t.steps, value_fn=True)  # same-minibatch losses
   pruned = zero_mask_of(t.space_p, res.variables["params"])
   st = res.opt_state
   extra = {"cric_end": int(st.end)} if hasattr(st, "end") else {}

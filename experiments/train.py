@@ -66,7 +66,7 @@ def _xent(logits, labels):
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    loss_fn: Callable = _xent) -> Callable:
+                    loss_fn: Callable = _xent, *, value_fn: bool = False) -> Callable:
   """A jitted ``step(variables, opt_state, x, y) -> (variables, opt_state, loss)``.
 
   Works for any labels whose shape matches the logits' leading axes (classification: (B,),
@@ -88,7 +88,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       return loss_fn(model.apply(v, x, train=True), y), None
 
     (loss, new_bs), grads = jax.value_and_grad(objective, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params, value=loss)
+    if value_fn:  # HESSO-CRIC: reference and trial losses on this same minibatch
+      extra_args = {"value_fn": lambda p: objective(p)[0]}
+    else:
+      extra_args = {"value": loss}
+    updates, opt_state = tx.update(grads, opt_state, params, **extra_args)
     params = optax.apply_updates(params, updates)
     new_vars = {**extra, "params": params}
     if has_bs:
@@ -147,14 +151,14 @@ def train(model: nn.Module, variables: dict, tx: optax.GradientTransformation,
           loss_fn: Callable = _xent,
           callback: Callable[[int, dict, Any, float], dict | None] | None = None,
           log_every: int = 10, progress: bool = True, desc: str = "train",
-          opt_state: Any = None) -> TrainResult:
+          opt_state: Any = None, value_fn: bool = False) -> TrainResult:
   """Train for ``steps`` steps drawing (x, y) batches from ``data``.
 
   ``callback(step, variables, opt_state, loss)`` runs every ``log_every`` steps (and after the last
   step) on the host; the dict it returns is appended to the history under its keys, e.g.
   ``{'group_sparsity': ...}``. The loss is recorded every step.
   """
-  step_fn = make_train_step(model, tx, loss_fn)
+  step_fn = make_train_step(model, tx, loss_fn, value_fn=value_fn)
   if opt_state is None:
     opt_state = optax.with_extra_args_support(tx).init(variables["params"])
   hist: dict[str, list] = {"step": [], "loss": []}
