@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow notebooks bench clean
+.PHONY: install demo test test-slow test-wild notebooks bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# the wild tier: penzai / equimo models (the [wild] extra), marker `wild`
+$(VENV)/.installed-wild: $(STAMP)
+	$(PY) -m pip install -q -e '.[wild]'
+	touch $@
+
+test-wild: $(VENV)/.installed-wild
+	$(PY) -m pytest -q -m wild tests/wild
 
 notebooks: $(STAMP)
 	$(PY) -m pytest -q -m notebooks tests/test_notebooks.py
