@@ -47,26 +47,29 @@ def matches(space: hj.ChannelSpace, e: Expected) -> bool:
 
 
 def diagnose(spaces, e: Expected, matched=()) -> str:
-  """Why ``e`` is not found: the spaces that hold its first member's expected indices instead.
+  """Why ``e`` is not found: the spaces that hold its members' expected indices instead.
 
-  Spaces in ``matched`` (those that match another expectation, e.g. the heads of a fused qkv
-  axis, which overlap every head dim) are left out.
+  Members are tried in order until one lies in some space. Spaces in ``matched`` (those that
+  match another expectation, e.g. the heads of a fused qkv axis, which overlap every head dim)
+  are left out.
   """
-  path, axis, _ = e.members[0]
-  want = set().union(*_expected_sets(e, e.members[0]))
-  notes = []
-  for s in spaces:
-    if any(s is m for m in matched):
-      continue
-    got = channel_indices(s, path, axis)
-    if got is None or not want & set().union(*got):
-      continue
-    where = f"{s.label()} (size {s.size})"
-    if s.prunable:
-      notes.append(f"joined into prunable space {where} with a different layout")
-    else:
-      notes.append(f"unprunable {where}: {s.reason}")
-  return "; ".join(notes) or f"{path}[{axis}] is in no channel space"
+  for path, axis, fn in e.members:
+    want = set().union(*(frozenset(fn(c)) for c in range(e.size)))
+    notes = []
+    for s in spaces:
+      if any(s is m for m in matched):
+        continue
+      got = channel_indices(s, path, axis)
+      if got is None or not want & set().union(*got):
+        continue
+      where = f"{s.label()} (size {s.size})"
+      if s.prunable:
+        notes.append(f"joined into prunable space {where} with a different layout")
+      else:
+        notes.append(f"unprunable {where}: {s.reason}")
+    if notes:
+      return "; ".join(notes)
+  return "no member is in any channel space"
 
 
 def match_all(space: hj.SearchSpace, expected) -> tuple[dict, dict]:

@@ -1,8 +1,9 @@
 """The wild tier: discovery, compress and HESSO on real third-party model code.
 
 penzai's Llama-, Gemma- (1 and 2) and GPT-NeoX-style transformers (unrolled and ``LayerStack``
-variants) and equimo's ViT, ConvNeXt and MobileNetV3, random init and tiny sizes, nothing
-downloaded. Run with ``make test-wild`` (marker ``wild``; deselected from the default run because
+variants) and equimo's ViT, ConvNeXt and MobileNetV3, plus two models written by hand the way
+people write them without a library (nanoGPT's GPT-2, a ResNet with ``jnp.pad``); random init,
+tiny sizes, nothing downloaded. Run with ``make test-wild`` (marker ``wild``; deselected from the default run because
 it needs the ``[wild]`` extra: penzai, equimo).
 
 Equivalence tolerance: in float32, ``max |compressed - zeroed| <= 1e-5 * max |zeroed|`` (relative
@@ -68,7 +69,7 @@ def _zero_fraction_of_each_space(space, variables, frac: float, seed: int):
   for s, off in zip(space.prunable_spaces, space.group_offsets, strict=True):
     k = min(s.size - 1, max(1, int(round(frac * s.size))))
     ids.extend(off + rng.choice(s.size, size=k, replace=False))
-  return space.zero_groups(variables, jnp.asarray(np.asarray(ids)))
+  return space.zero_groups(variables, jnp.asarray(np.asarray(ids, dtype=np.int32)))
 
 
 def _size(tree) -> int:
@@ -89,7 +90,8 @@ def test_compress_equals_the_zeroed_model(name):
   case, space = _case_and_space(name)
   zeroed = _zero_fraction_of_each_space(space, case.variables, 0.4, seed=0)
   small_fn, small = hj.compress(case.fn, zeroed, space, *case.args)
-  assert _size(small) < _size(zeroed)
+  if space.num_groups:  # resnet_pad: nothing is prunable yet (see its gaps)
+    assert _size(small) < _size(zeroed)
   _assert_equivalent(small_fn, small, case.fn, zeroed, case.args)
 
 

@@ -1,4 +1,4 @@
-"""Third-party models for the wild tier: penzai transformers and equimo vision models.
+"""Models for the wild tier: penzai transformers, equimo vision models, nanoGPT, a jnp.pad ResNet.
 
 Every builder returns a :class:`WildCase`: the model as a pure function ``fn(variables, x)`` of a
 plain nested-dict (penzai) or equinox-partition (equimo) pytree, tiny random-init variables, an
@@ -466,6 +466,114 @@ def equimo_mobilenetv3() -> WildCase:
   return _equimo_case("equimo_mobilenetv3", model, exp, {}, 5)
 
 
+# ----------------------------------------------------------------------------------------------
+# hand-written in the style people write them (no library): nanoGPT's GPT-2, a jnp.pad ResNet
+# ----------------------------------------------------------------------------------------------
+
+
+def _layer_norm(x, g, b):
+  """GPT-2's LayerNorm as nanoGPT / HF write it: var = mean((x - mean)^2)."""
+  m = x.mean(-1, keepdims=True)
+  v = ((x - m) ** 2).mean(-1, keepdims=True)
+  return (x - m) / jnp.sqrt(v + 1e-5) * g + b
+
+
+def _gpt2_fn(p, idx):
+  """nanoGPT's forward: fused c_attn, ``q, k, v = split(..., 3)`` then ``reshape(B, T, H, hd)``,
+  causal mask from ``tril``, tied ``wte`` for the logits."""
+  B, T = idx.shape
+  x = p["wte"][idx] + p["wpe"][:T]
+  for blk in p["h"]:
+    a = _layer_norm(x, **blk["ln_1"]) @ blk["c_attn"]["w"] + blk["c_attn"]["b"]
+    q, k, v = jnp.split(a, 3, axis=-1)
+    q, k, v = [t.reshape(B, T, 2, HD).transpose(0, 2, 1, 3) for t in (q, k, v)]
+    att = q @ k.transpose(0, 1, 3, 2) / jnp.sqrt(float(HD))
+    att = jnp.where(jnp.tril(jnp.ones((T, T), bool)), att, -1e9)
+    y = (jax.nn.softmax(att, -1) @ v).transpose(0, 2, 1, 3).reshape(B, T, D)
+    x = x + y @ blk["c_proj"]["w"] + blk["c_proj"]["b"]
+    h = jax.nn.gelu(_layer_norm(x, **blk["ln_2"]) @ blk["c_fc"]["w"] + blk["c_fc"]["b"])
+    x = x + h @ blk["mlp_proj"]["w"] + blk["mlp_proj"]["b"]
+  return _layer_norm(x, **p["ln_f"]) @ p["wte"].T
+
+
+def nanogpt() -> WildCase:
+  """GPT-2 as nanoGPT writes it: width 16, 2 heads of 8, MLP 32, 2 blocks, tied embeddings.
+
+  Per block: heads 2 + q/k head dims 8 + v head dims 8 + MLP 32 = 50; two blocks: 100. The stream
+  runs through a textbook LayerNorm: approximate only, not expected here.
+  """
+  keys = iter(jax.random.split(jax.random.PRNGKey(0), 32))
+  n = lambda *shape: 0.3 * jax.random.normal(next(keys), shape)
+  lin = lambda i, o: {"w": n(i, o), "b": n(o)}
+  norm = lambda: {"g": 1.0 + n(D), "b": n(D)}
+  p = {"wte": n(VOCAB, D), "wpe": n(SEQ, D), "ln_f": norm(),
+       "h": [{"ln_1": norm(), "c_attn": lin(D, 3 * D), "c_proj": lin(D, D), "ln_2": norm(),
+              "c_fc": lin(D, 32), "mlp_proj": lin(32, D)} for _ in range(2)]}
+  exp, gaps = [], {}
+  for b in range(2):
+    pre = f"h/{b}/"
+    w, bias = pre + "c_attn/w", pre + "c_attn/b"
+    exp += [
+        Expected(pre + "heads", 2,
+                 ((w, 1, fused_qkv((0, 1, 2), 2, HD, "head")),
+                  (bias, 0, fused_qkv((0, 1, 2), 2, HD, "head")),
+                  (pre + "c_proj/w", 0, grouped(HD))),
+                 "zero a head's q/k/v columns and biases: its values are 0, its output is 0"),
+        Expected(pre + "q/k head dims", HD,
+                 ((w, 1, fused_qkv((0, 1), 2, HD, "dim")), (bias, 0, fused_qkv((0, 1), 2, HD, "dim"))),
+                 "a zero q (and k) dim, in every head, adds 0 to q.k"),
+        Expected(pre + "v head dims", HD,
+                 ((w, 1, fused_qkv((2,), 2, HD, "dim")), (bias, 0, fused_qkv((2,), 2, HD, "dim")),
+                  (pre + "c_proj/w", 0, lambda c: (c, HD + c))),
+                 "a zero v dim, in every head, gives a zero attention-output dim"),
+        Expected(pre + "MLP hidden", 32,
+                 ((pre + "c_fc/w", 1, one), (pre + "c_fc/b", 0, one), (pre + "mlp_proj/w", 0, one)),
+                 "gelu(0) = 0"),
+    ]
+    for part in ("heads", "v head dims"):
+      gaps[pre + part] = "concatenation of reshaped axes is not supported"
+    gaps[pre + "q/k head dims"] = "no member is in any channel space"  # c_attn/w[1]: no space
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (2, SEQ), 0, VOCAB)
+  targets = jax.random.randint(jax.random.PRNGKey(2), (2, SEQ), 0, VOCAB)
+  return WildCase("nanogpt", _gpt2_fn, p, (tokens,), tuple(exp), gaps, targets)
+
+
+def _pad_conv(x, w, stride=1):
+  """A 3x3 convolution written with an explicit ``jnp.pad`` (as ports of PyTorch code do)."""
+  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return jax.lax.conv_general_dilated(x, w, (stride, stride), "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _resnet_pad_fn(p, x):
+  x = jax.nn.relu(_pad_conv(x, p["stem"]["w"], 2) + p["stem"]["b"])
+  y = jax.nn.relu(_pad_conv(x, p["conv1"]["w"]) + p["conv1"]["b"])
+  y = _pad_conv(y, p["conv2"]["w"]) + p["conv2"]["b"]
+  return jax.nn.relu(x + y).mean((1, 2)) @ p["fc"]["w"] + p["fc"]["b"]
+
+
+def resnet_pad() -> WildCase:
+  """A stride-2 stem and one basic block, every conv zero-padded with ``jnp.pad``.
+
+  Expected: the stream (stem, conv2, tied by the identity add; 8) + the block's inner channels (8)
+  = 16. Zero padding keeps a zero channel zero, so both are exact.
+  """
+  keys = iter(jax.random.split(jax.random.PRNGKey(0), 16))
+  n = lambda *shape: 0.3 * jax.random.normal(next(keys), shape)
+  conv = lambda i, o: {"w": n(3, 3, i, o), "b": n(o)}
+  p = {"stem": conv(3, 8), "conv1": conv(8, 8), "conv2": conv(8, 8), "fc": {"w": n(8, 5), "b": n(5)}}
+  exp = (Expected("stream", 8, (("stem/w", 3, one), ("stem/b", 0, one), ("conv2/w", 3, one),
+                                ("conv2/b", 0, one), ("conv1/w", 2, one), ("fc/w", 0, one)),
+                  "relu(conv(pad(0))) = 0; the identity add ties stem and conv2"),
+         Expected("block inner", 8, (("conv1/w", 3, one), ("conv1/b", 0, one), ("conv2/w", 2, one)),
+                  "relu(0) = 0 between the two convs"))
+  gaps = {"stream": "contracts this channel while it is not zero",
+          "block inner": "contracts this channel while it is not zero"}
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
+  labels = jax.random.randint(jax.random.PRNGKey(2), (2,), 0, 5)
+  return WildCase("resnet_pad", _resnet_pad_fn, p, (x,), exp, gaps, labels)
+
+
 BUILDERS: dict[str, Callable[[], WildCase]] = {
     "penzai_llama": penzai_llama,
     "penzai_llama_stack": lambda: penzai_llama(stack=True),
@@ -476,4 +584,6 @@ BUILDERS: dict[str, Callable[[], WildCase]] = {
     "equimo_vit": equimo_vit,
     "equimo_convnext": equimo_convnext,
     "equimo_mobilenetv3": equimo_mobilenetv3,
+    "nanogpt": nanogpt,
+    "resnet_pad": resnet_pad,
 }
