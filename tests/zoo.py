@@ -327,3 +327,153 @@ def rope_attention():
 
 ZOO = [mlp, cnn_bn, resnet_basic, resnet_bottleneck, vgg, mobilenet, densenet, conv_flatten_dense,
        gpt, gpt_scan, tied_embedding, sigmoid_gated, rope_attention]
+
+
+# --- disc-a models ---------------------------------------------------------------------------
+# Patterns of the value pass (hesso_jax/discovery/values.py): constants crossing call boundaries,
+# in-graph channel tables, clamping activations, loop fix-points and the negative controls.
+
+
+def _conv(x, w, stride=1):
+  return lax.conv_general_dilated(x, w, (stride, stride), "VALID",
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _pad1(x):
+  return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # a nested jit(_pad): the 0 is an argument
+
+
+# --- ResNet stem + stride-2 basic block written with jnp.pad and VALID convolutions: stem 8 +
+#     block inner 16 + block stream 16 (conv2 tied to the 1x1 stride-2 projection by the add)
+#     = 40; the head's 10 logits reach the output.
+def padded_resnet():
+  k = jax.random.split(jax.random.PRNGKey(11), 9)
+  p = {"stem": {"w": _normal(k[0], (3, 3, 3, 8)), "b": _normal(k[1], (8,), 0.1)},
+       "c1": {"w": _normal(k[2], (3, 3, 8, 16)), "b": _normal(k[3], (16,), 0.1)},
+       "c2": {"w": _normal(k[4], (3, 3, 16, 16))},
+       "proj": {"w": _normal(k[5], (1, 1, 8, 16))},
+       "head": {"w": _normal(k[6], (16, 10)), "b": _normal(k[7], (10,), 0.1)}}
+
+  def fn(p, x):
+    h = jax.nn.relu(_conv(_pad1(x), p["stem"]["w"]) + p["stem"]["b"])
+    y = jax.nn.relu(_conv(_pad1(h), p["c1"]["w"], 2) + p["c1"]["b"])
+    y = _conv(_pad1(y), p["c2"]["w"])
+    h = jax.nn.relu(y + _conv(h, p["proj"]["w"], 2))
+    return jnp.mean(h, axis=(1, 2)) @ p["head"]["w"] + p["head"]["b"]
+
+  return Case("padded_resnet", fn, p, (_normal(k[8], (2, 8, 8, 3), 1.0),), 40,
+              (("head/w", "output"),))
+
+
+# --- rotary attention whose tables are computed in the traced function (iota): heads 2 +
+#     q/k head-dim pairs 4 (cos/sin tables are concatenations of one half-table, rotate_half ties
+#     channel i to i + 4) + v head-dim 8 = 14; the residual stream reaches the output.
+def inline_rope_attention():
+  hd = 8
+  k = jax.random.split(jax.random.PRNGKey(12), 5)
+  p = {n: _normal(kk, s) for n, kk, s in [("wq", k[0], (D, H * hd)), ("wk", k[1], (D, H * hd)),
+                                          ("wv", k[2], (D, H * hd)), ("wo", k[3], (H * hd, D))]}
+
+  def rot(x):
+    return jnp.concatenate([-x[..., hd // 2:], x[..., :hd // 2]], -1)
+
+  def fn(p, x):
+    B, t = x.shape[0], x.shape[1]
+    inv = 1.0 / (10000.0 ** (jnp.arange(hd // 2, dtype=jnp.float32) / (hd // 2)))
+    ang = jnp.arange(t, dtype=jnp.float32)[:, None] * inv[None]
+    cos = jnp.concatenate([jnp.cos(ang)] * 2, -1)[None, :, None]
+    sin = jnp.concatenate([jnp.sin(ang)] * 2, -1)[None, :, None]
+    q, kk, v = ((x @ p[n]).reshape(B, t, H, hd) for n in ("wq", "wk", "wv"))
+    q, kk = q * cos + rot(q) * sin, kk * cos + rot(kk) * sin
+    a = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, kk) / np.sqrt(hd), -1)
+    return x + jnp.einsum("bhqk,bkhd->bqhd", a, v).reshape(B, t, H * hd) @ p["wo"]
+
+  return Case("inline_rope_attention", fn, p, (_normal(k[4], (2, T, D), 1.0),), 14,
+              (("wo", "output"),))
+
+
+# --- clamping activations: relu6 (8) -> hard_tanh (8) -> clip(-1, 3) (8) -> min(max(., 0), 6)
+#     (8) keep zero; clip(., 0.5, 6) (6) maps 0 to 0.5, so that hidden layer is unprunable:
+#     4 x 8 = 32 groups.
+def clamped_mlp():
+  k = jax.random.split(jax.random.PRNGKey(13), 7)
+  p = {"w1": _normal(k[0], (6, 8)), "w2": _normal(k[1], (8, 8)), "w3": _normal(k[2], (8, 8)),
+       "w4": _normal(k[3], (8, 8)), "w5": _normal(k[4], (8, 6)), "w6": _normal(k[5], (6, 3))}
+
+  def fn(p, x):
+    h = jax.nn.relu6(3.0 * x @ p["w1"])
+    h = jax.nn.hard_tanh(h @ p["w2"])
+    h = jnp.clip(h @ p["w3"], -1.0, 3.0)
+    h = jnp.minimum(jnp.maximum(h @ p["w4"], 0.0), 6.0)
+    h = jnp.clip(h @ p["w5"], 0.5, 6.0)
+    return h @ p["w6"]
+
+  return Case("clamped_mlp", fn, p, (_normal(k[6], (4, 6), 1.0),), 32, (("w5", "contracts"),))
+
+
+# --- negative controls: relu(x @ wa + 1.0) (8: a literal offset, relu(1) = 1 is contracted) and
+#     x @ wb + C (6: a captured non-zero constant array) stay unprunable; relu(x @ wc) is the
+#     only prunable hidden layer: 5 groups.
+def offset_controls():
+  k = jax.random.split(jax.random.PRNGKey(14), 7)
+  c = np.linspace(0.5, 1.5, 6).astype(np.float32)
+  p = {"wa": _normal(k[0], (6, 8)), "wa2": _normal(k[1], (8, 3)), "wb": _normal(k[2], (6, 6)),
+       "wb2": _normal(k[3], (6, 3)), "wc": _normal(k[4], (6, 5)), "wc2": _normal(k[5], (5, 3))}
+
+  def fn(p, x):
+    a = jax.nn.relu(x @ p["wa"] + 1.0) @ p["wa2"]
+    b = jnp.tanh(x @ p["wb"] + c) @ p["wb2"]
+    return a + b + jax.nn.relu(x @ p["wc"]) @ p["wc2"]
+
+  return Case("offset_controls", fn, p, (_normal(k[6], (4, 6), 1.0),), 5,
+              (("wa", "contracts"), ("wb", "contracts")))
+
+
+# --- a scan whose 10 carries rotate (c0 <- c1 <- ... <- c9 <- c9 + 1): the zero fix-point needs
+#     11 iterations. After 12 steps c0 is non-zero, so the rotated hidden layer (8) is unprunable;
+#     the side branch relu(x @ wg) (5) is the only prunable space: 5 groups.
+def rotating_scan():
+  k = jax.random.split(jax.random.PRNGKey(15), 5)
+  p = {"w1": _normal(k[0], (6, 8)), "w2": _normal(k[1], (8, 3)), "wg": _normal(k[2], (6, 5)),
+       "wg2": _normal(k[3], (5, 3))}
+
+  def fn(p, x):
+    h = jax.nn.relu(x @ p["w1"])
+
+    def step(c, _):
+      return c[1:] + (c[-1] + 1.0,), None
+
+    c, _ = lax.scan(step, (h,) * 10, None, length=12)
+    return c[0] @ p["w2"] + jax.nn.relu(x @ p["wg"]) @ p["wg2"]
+
+  return Case("rotating_scan", fn, p, (_normal(k[4], (4, 6), 1.0),), 5, (("w1", "contracts"),))
+
+
+DISC_A = [padded_resnet, inline_rope_attention, clamped_mlp, offset_controls, rotating_scan]
+ZOO += DISC_A
+
+
+# --- constant-channel folding (discover(fold=True)): sigmoid(x @ ws + bs) (8, sigmoid(0) = 0.5)
+#     and softplus(x @ wp) (6, log 2) feed dense consumers: both fold; relu(x @ wr) (5) is
+#     zero-invariant. 5 groups by default, 5 + 8 + 6 = 19 with folding.
+def constant_channels():
+  k = jax.random.split(jax.random.PRNGKey(16), 9)
+  p = {"ws": _normal(k[0], (6, 8)), "bs": _normal(k[1], (8,), 0.1), "ws2": _normal(k[2], (8, 3)),
+       "wp": _normal(k[3], (6, 6)), "wp2": _normal(k[4], (6, 3)), "b2": _normal(k[5], (3,), 0.1),
+       "wr": _normal(k[6], (6, 5)), "wr2": _normal(k[7], (5, 3))}
+
+  def fn(p, x):
+    s = jax.nn.sigmoid(x @ p["ws"] + p["bs"]) @ p["ws2"]
+    sp = jax.nn.softplus(x @ p["wp"]) @ p["wp2"] + p["b2"]
+    return s + sp + jax.nn.relu(x @ p["wr"]) @ p["wr2"]
+
+  return Case("constant_channels", fn, p, (_normal(k[8], (4, 6), 1.0),), 5,
+              (("ws", "contracts"), ("wp", "contracts")))
+
+
+# name -> prunable groups with discover(fold=True) (hand-derived in each builder's comment):
+# clamp(., 0.5, 6) folds (0.5), relu(. + 1.0) folds (1.0), the constant array (per-channel values,
+# not one constant) and the rotating loop (no folding inside loops) do not.
+FOLD_GROUPS = {"constant_channels": 19, "clamped_mlp": 38, "offset_controls": 13,
+               "rotating_scan": 5}
+FOLD_ZOO = [constant_channels, clamped_mlp, offset_controls, rotating_scan]

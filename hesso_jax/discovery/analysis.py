@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
 
 
 from hesso_jax import _jaxpr as J
 from hesso_jax.discovery import rules as R
+from hesso_jax.discovery import values as V
 from hesso_jax.discovery.atoms import Atoms
 from hesso_jax.discovery.trace import Traced, trace
 from hesso_jax.space import (CONSUMER, PRODUCER, STATE, AxisSlice, ChannelSpace, SearchSpace,
@@ -43,12 +46,46 @@ class Visit:
   children: dict = dataclasses.field(default_factory=dict)
 
 
+class Fold(NamedTuple):
+  """A contraction where a removed channel's constant value is folded into the output.
+
+  At equation ``index`` of ``visit``, operand ``side`` (0: lhs, 1: rhs) of a ``dot_general``
+  equals ``value`` at every position of the channel when its producers are zero, and the other
+  operand does not depend on the data inputs; removing the channel adds
+  ``value * sum(other operand over the removed channels)`` to the output.
+  """
+
+  visit: Visit
+  index: int
+  side: int
+  value: Any
+
+
 class _Ctx:
-  def __init__(self):
+  def __init__(self, fold: bool = False):
     self.atoms = Atoms()
     self.contracted: set[tuple[int, int]] = set()
     self.produced: list[int] = []  # atoms of every computed value (what the function reads)
     self.visit: Visit | None = None
+    self.fold_enabled = fold
+    self.folds: dict[int, list[Fold]] = {}  # leaf -> where its constant value is folded
+    self.loop_depth = 0  # inside scan / while / cond bodies (no folding there)
+    self.cur = None  # (visit, equation index, input Vals) during the zero pass
+
+  def fold(self, eqn, leaf: int) -> bool:
+    """Record that contracting ``leaf`` at the current ``dot_general`` can be folded, if it can."""
+    if not self.fold_enabled or self.loop_depth or self.cur is None:
+      return False
+    visit, i, vals = self.cur
+    (lc, _), _ = eqn.params["dimension_numbers"]
+    if len(lc) != 1:
+      return False
+    for side in (0, 1):
+      k = vals[side].const if vals[side].const is not None else vals[side].known.get(leaf)
+      if k is not None and vals[1 - side].indep and bool(np.isfinite(k)):
+        self.folds.setdefault(leaf, []).append(Fold(visit, i, side, k))
+        return True
+    return False
 
   # Parameter-derived values: var -> (leaf index, {value axis: leaf axis})
   def _src(self, var):
@@ -197,76 +234,93 @@ def _cond_atoms(ctx, visit, i, eqn, ins):
 
 
 # ----------------------------------------------------------------------------------------------
-# Pass 2: zeros
+# Pass 2: zeros (and the rest of the value lattice, :mod:`hesso_jax.discovery.values`)
 # ----------------------------------------------------------------------------------------------
 
 
-def _z_of(visit: Visit, zenv, v):
+def _val_of(venv, v) -> V.Val:
   if J.is_literal(v):
-    return R.ALL if R._is_zero_literal(v) else frozenset()
-  return zenv.get(v, frozenset())
+    return V.from_literal(v)
+  return venv.get(v, V.BOTTOM)
 
 
-def _walk_zeros(ctx: _Ctx, visit: Visit, zin) -> list:
+def _walk_zeros(ctx: _Ctx, visit: Visit, vin: list) -> list:
+  """Abstract values of ``visit.jaxpr``'s outputs given its inputs' (marks sinks on the way)."""
   jaxpr = visit.jaxpr
-  zenv = {}
-  for v, z in zip(jaxpr.invars, zin):
-    zenv[v] = z
-  saved, ctx.visit = ctx.visit, visit
+  venv = {v: V.PARAM_INDEP for v in jaxpr.constvars}  # captured constants: input-independent
+  venv.update(zip(jaxpr.invars, vin))
+  saved = ctx.visit, ctx.cur
+  ctx.visit = visit
   try:
     for i, eqn in enumerate(jaxpr.eqns):
-      zs = [_z_of(visit, zenv, v) for v in eqn.invars]
-      ins = [visit.env.get(v, ()) if not J.is_literal(v) else () for v in eqn.invars]
-      outs = [visit.env.get(v, ()) for v in eqn.outvars]
-      zo = _eqn_zeros(ctx, visit, i, eqn, zs, ins, outs)
-      for v, z in zip(eqn.outvars, zo):
-        zenv[v] = z
+      vals = [_val_of(venv, v) for v in eqn.invars]
+      ctx.cur = (visit, i, vals)
+      for v, val in zip(eqn.outvars, _eqn_zeros(ctx, visit, i, eqn, vals)):
+        venv[v] = val
   finally:
-    ctx.visit = saved
-  return [_z_of(visit, zenv, v) for v in jaxpr.outvars]
+    ctx.visit, ctx.cur = saved
+  return [_val_of(venv, v) for v in jaxpr.outvars]
 
 
-def _meet(a, b):
-  if a is R.ALL:
-    return b
-  if b is R.ALL:
-    return a
-  return frozenset(set(a) & set(b))
+def _fix_point(step: Callable[[list], list], init: list) -> list:
+  """Greatest fix-point of ``carry -> meet(carry, step(carry))`` below ``init``.
+
+  Every iteration either stops or strictly shrinks some carry's value, so the loop ends after at
+  most ``sum(height)`` iterations; should it not, nothing is claimed about the carries.
+  """
+  carry = list(init)
+  for _ in range(sum(V.height(c) for c in carry) + 2):
+    new = [V.meet(c, o) for c, o in zip(carry, step(carry), strict=True)]
+    if new == carry:
+      return carry
+    carry = new
+  bottom = [V.BOTTOM for _ in carry]  # pragma: no cover - the bound above is never reached
+  step(bottom)  # pragma: no cover - mark the sinks that nothing-known carries reach
+  return bottom  # pragma: no cover
 
 
-def _eqn_zeros(ctx, visit, i, eqn, zs, ins, outs):
+def _eqn_zeros(ctx, visit, i, eqn, vals):
   name = eqn.primitive.name
   if i in visit.children:
     kids = visit.children[i]
-    if name == "scan":
-      nc, ncar = eqn.params["num_consts"], eqn.params["num_carry"]
-      carry = list(zs[nc:nc + ncar])
-      for _ in range(8):
-        zo = _walk_zeros(ctx, kids[0], zs[:nc] + carry + zs[nc + ncar:])
-        new = [_meet(c, o) for c, o in zip(carry, zo[:ncar])]
-        if new == carry:
-          break
-        carry = new
-      return carry + zo[ncar:]
-    if name == "while":
-      cn, bn = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
-      carry = list(zs[cn + bn:])
-      for _ in range(8):
-        _walk_zeros(ctx, kids[0], zs[:cn] + carry)
-        zo = _walk_zeros(ctx, kids[1], zs[cn:cn + bn] + carry)
-        new = [_meet(c, o) for c, o in zip(carry, zo)]
-        if new == carry:
-          break
-        carry = new
-      return carry
-    if name == "cond":
-      res = None
-      for kid in kids:
-        zo = _walk_zeros(ctx, kid, zs[1:])
-        res = zo if res is None else [_meet(a, b) for a, b in zip(res, zo)]
-      return res
-    return _walk_zeros(ctx, kids[0], zs)
-  return R.rule_for(name).zeros(ctx, eqn, zs, ins, outs)
+    if name not in ("scan", "while", "cond"):
+      return _walk_zeros(ctx, kids[0], vals)
+    ctx.loop_depth += 1
+    try:
+      return _control_flow_zeros(ctx, kids, eqn, vals)
+    finally:
+      ctx.loop_depth -= 1
+  zs = [v.zeros for v in vals]
+  ins = [visit.env.get(v, ()) if not J.is_literal(v) else () for v in eqn.invars]
+  outs = [visit.env.get(v, ()) for v in eqn.outvars]
+  return V.transfer(eqn, vals, R.rule_for(name).zeros(ctx, eqn, zs, ins, outs))
+
+
+def _control_flow_zeros(ctx, kids, eqn, vals):
+  name = eqn.primitive.name
+  if name == "scan":
+    nc, ncar = eqn.params["num_consts"], eqn.params["num_carry"]
+    last = {}
+
+    def step(c):
+      last["out"] = _walk_zeros(ctx, kids[0], vals[:nc] + c + vals[nc + ncar:])
+      return last["out"][:ncar]
+
+    carry = _fix_point(step, vals[nc:nc + ncar])  # the last step ran on ``carry`` itself
+    return carry + last["out"][ncar:]
+  if name == "while":
+    cn, bn = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
+
+    def step(c):
+      _walk_zeros(ctx, kids[0], vals[:cn] + c)
+      return _walk_zeros(ctx, kids[1], vals[cn:cn + bn] + c)
+
+    return _fix_point(step, vals[cn + bn:])
+  res = None  # cond: what holds on every branch
+  for kid in kids:
+    zo = _walk_zeros(ctx, kid, vals[1:])
+    res = zo if res is None else [V.meet(a, b) for a, b in zip(res, zo, strict=True)]
+  return res
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,6 +335,7 @@ class Analysis:
   atoms: Atoms
   space: SearchSpace
   space_leaves: tuple[int, ...]  # leaf atom of each channel space, same order
+  folds: dict = dataclasses.field(default_factory=dict)  # leaf -> [Fold] of folded spaces
 
 
 def _path_matcher(ignore) -> Callable[[tuple], bool]:
@@ -293,9 +348,10 @@ def _path_matcher(ignore) -> Callable[[tuple], bool]:
 
 
 def analyse(fn, variables, *args, ignore=None, approximate: bool = False,
-            is_state: Callable[[tuple], bool] | None = None, **kwargs) -> Analysis:
+            is_state: Callable[[tuple], bool] | None = None, fold: bool = False,
+            **kwargs) -> Analysis:
   tr = trace(fn, variables, *args, is_state=is_state, **kwargs)
-  ctx = _Ctx()
+  ctx = _Ctx(fold)
   A = ctx.atoms
   jaxpr = tr.closed.jaxpr
   in_atoms, in_src = [], []
@@ -326,9 +382,10 @@ def analyse(fn, variables, *args, ignore=None, approximate: bool = False,
   zin = []
   for k, v in enumerate(jaxpr.invars):
     if k < tr.num_var_leaves:
-      zin.append(A.leafset([a for ax, a in enumerate(in_atoms[k]) if roles[(k, ax)] == PRODUCER]))
+      zin.append(V.Val(A.leafset([a for ax, a in enumerate(in_atoms[k])
+                                  if roles[(k, ax)] == PRODUCER]), V.EMPTY, None, True))
     else:
-      zin.append(frozenset())
+      zin.append(V.BOTTOM)  # data inputs: nothing known, input-dependent
   _walk_zeros(ctx, visit, zin)
 
   ignored = _path_matcher(ignore)
@@ -361,10 +418,14 @@ def analyse(fn, variables, *args, ignore=None, approximate: bool = False,
       reasons.append("never read by the traced function (e.g. positions beyond the traced length)")
     approx = approximate and any(code in APPROXIMATE_CODES for code, _ in bad.get(leaf, []))
     name = _space_name(ms) + (" (approximate)" if approx and not reasons else "")
+    if leaf in ctx.folds and not reasons:
+      name += " (exact, folded)"
     spaces.append(ChannelSpace(n, tuple(ms), prunable=not reasons, reason="; ".join(reasons),
                                name=name))
     leaves.append(leaf)
-  return Analysis(tr, visit, A, SearchSpace(tuple(spaces)), tuple(leaves))
+  folds = {leaf: ctx.folds[leaf] for leaf, s in zip(leaves, spaces)
+           if s.prunable and leaf in ctx.folds}
+  return Analysis(tr, visit, A, SearchSpace(tuple(spaces)), tuple(leaves), folds)
 
 
 def _space_name(ms) -> str:
@@ -382,7 +443,8 @@ def _space_name(ms) -> str:
 
 
 def discover(fn: Callable, variables: Any, *args, ignore=None, approximate: bool = False,
-             is_state: Callable[[tuple], bool] | None = None, **kwargs) -> SearchSpace:
+             is_state: Callable[[tuple], bool] | None = None, fold: bool = False,
+             **kwargs) -> SearchSpace:
   """Find the zero-invariant channel spaces of ``fn(variables, *args, **kwargs)``.
 
   Args:
@@ -397,9 +459,28 @@ def discover(fn: Callable, variables: Any, *args, ignore=None, approximate: bool
     approximate: also allow spaces that are only tied to LayerNorm/RMSNorm/softmax statistics
       (a transformer's residual stream). Not exact: measure the deviation after compressing.
     is_state: optional predicate on a leaf's key path overriding the default 'state' detection.
+    fold: also allow spaces whose channels, once their producers are zero, take a known non-zero
+      constant value (``sigmoid(0) = 0.5``, ``relu(0 + 1.0) = 1``) that only input-independent
+      ``dot_general`` consumers (outside loops) contract. They are named ``... (exact, folded)``:
+      :func:`~hesso_jax.compress` removes them exactly by adding their constant contribution to
+      the consumer's output; slicing alone (``prune``) or scrambling their consumers is not exact.
 
   Returns:
     The :class:`~hesso_jax.SearchSpace`; ``space.summary()`` explains every verdict.
+
+  Example: a clamped hidden layer (``relu6``) fed by a zero-padded input is prunable; the logits
+  reach the output and are not.
+
+  >>> import jax, jax.numpy as jnp, hesso_jax as hj
+  >>> p = {"w1": jnp.ones((4, 8)), "w2": jnp.ones((8, 3))}
+  >>> fn = lambda p, x: jax.nn.relu6(jnp.pad(x, ((0, 0), (0, 2))) @ p["w1"]) @ p["w2"]
+  >>> space = hj.discover(fn, p, jnp.ones((5, 2)))
+  >>> space.num_groups
+  8
+  >>> [(s.label(), s.size, s.prunable) for s in space.channel_spaces]
+  [('w1[0]', 4, False), ('w1[1]', 8, True), ('w2[1]', 3, False)]
+  >>> space.channel_spaces[2].reason
+  "reaches the function's output"
   """
   return analyse(fn, variables, *args, ignore=ignore, approximate=approximate, is_state=is_state,
-                 **kwargs).space
+                 fold=fold, **kwargs).space

@@ -200,9 +200,10 @@ def _dot_atoms(ctx, eqn, ins):
   return [tuple(la[i] for i in lb) + tuple(lfree) + tuple(rfree)]
 
 
-def _contract_check(ctx, eqn, zl, zr, leaves_contracted, where):
+def _contract_check(ctx, eqn, zl, zr, leaves_contracted, where, fold=False):
+  """Mark contracted channels that are not zero on either side (unless their value is folded)."""
   for leaf in leaves_contracted:
-    if not (has(zl, leaf) or has(zr, leaf)):
+    if not (has(zl, leaf) or has(zr, leaf) or (fold and ctx.fold(eqn, leaf))):
       ctx.atoms.mark(leaf, "nonzero",
                      f"{where} contracts this channel while it is not zero when its producers are")
 
@@ -219,7 +220,8 @@ def _free_zeros(ctx, zin, ins_free):
 def _dot_zeros(ctx, eqn, zin, ins, outs):
   (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
   la, ra = ins
-  _contract_check(ctx, eqn, zin[0], zin[1], ctx.atoms.leafset([la[i] for i in lc]), "dot_general")
+  _contract_check(ctx, eqn, zin[0], zin[1], ctx.atoms.leafset([la[i] for i in lc]), "dot_general",
+                  fold=True)
   lkeep = [a for k, a in enumerate(la) if k not in lc]
   rkeep = [a for k, a in enumerate(ra) if k not in rc]
   return [_free_zeros(ctx, zin, [lkeep, rkeep])]
@@ -516,7 +518,9 @@ def _pad_atoms(ctx, eqn, ins):
 
 
 def _pad_zeros(ctx, eqn, zin, ins, outs):
-  return [zin[0] if _is_zero_literal(eqn.invars[1]) else frozenset()]
+  # The pad value is often an argument of a nested jit (jnp.pad): its zero-set is ALL when the
+  # value pass knows it is 0, literal or not.
+  return [zin[0] if zin[1] is ALL or _is_zero_literal(eqn.invars[1]) else frozenset()]
 
 
 register("pad")(Rule(_pad_atoms, _pad_zeros))
@@ -594,7 +598,14 @@ def _fresh_bad(code, msg):
   return rule
 
 
-register("iota")(Rule(_fresh_bad("iota", "iota (position-dependent values)"), no_zeros))
+def _iota_atoms(ctx, eqn, ins):
+  # An iota's value is a static function of the index along its axes (positions, rotary
+  # frequencies, one-hot classes): like a captured constant table, compress evaluates it at full
+  # size and slices it along pruned channels, so its axes may be tied to any space.
+  return [_fresh(ctx, v) for v in eqn.outvars]
+
+
+register("iota")(Rule(_iota_atoms, no_zeros))
 register("random_bits", "random_seed", "random_wrap", "random_unwrap", "random_fold_in",
          "random_split", "threefry2x32", "rng_bit_generator", "rng_uniform")(Rule(
              _fresh_bad("random", "random numbers (dropout?): trace the deterministic/eval function"),

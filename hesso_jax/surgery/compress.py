@@ -33,12 +33,15 @@ class _Shrink:
   """
 
   def __init__(self, an: Analysis, leaf_keep: dict, dyn: dict | None = None,
-               masks: dict | None = None):
+               masks: dict | None = None, corrections: dict | None = None):
     self.an = an
     self.A = an.atoms
     self.leaf_keep = leaf_keep
     self.dyn = dyn or {}
     self._mask: dict[int, np.ndarray] = {} if masks is None else masks
+    # (id(visit), equation index) -> folded constant added to that dot_general's output
+    self.corrections = {} if corrections is None else corrections
+    self.record: dict | None = None  # set while recording operands of fold sites
 
   def with_inputs(self, visit: Visit, invars, values) -> "_Shrink":
     dyn = {}
@@ -51,7 +54,7 @@ class _Shrink:
           if dyn.get(r, new) != new:
             raise ValueError(f"small_fn: inputs disagree on a tied axis ({dyn[r]} vs {new})")
           dyn[r] = int(new)
-    return _Shrink(self.an, self.leaf_keep, dyn, self._mask) if dyn else self
+    return _Shrink(self.an, self.leaf_keep, dyn, self._mask, self.corrections) if dyn else self
 
   def mask(self, atom: int) -> np.ndarray:
     r = self.A.find(atom)
@@ -88,8 +91,6 @@ def _rewrite_params(sh: _Shrink, visit: Visit, eqn, invals) -> dict:
   if name == "reshape":
     p["new_sizes"] = sh.shape(visit, out)
   elif name == "broadcast_in_dim":
-    p["shape"] = sh.shape(visit, out)
-  elif name == "iota":
     p["shape"] = sh.shape(visit, out)
   elif name in ("gather", "dynamic_slice"):
     old = tuple(eqn.invars[0].aval.shape)
@@ -170,9 +171,101 @@ def _eval_eqn(sh: _Shrink, visit: Visit, i: int, eqn, invals):
       _, bcs = J.open_jaxpr(br)
       fns.append(lambda *ops, k=k, bcs=bcs: _eval(sh, kids[k], bcs, list(ops)))
     return list(lax.switch(invals[0], fns, *invals[1:]))
+  if name == "iota":
+    return [_iota(sh, visit, eqn)]
+  key = (id(visit), i)
+  if sh.record is not None and key in sh.record:
+    sh.record[key] = invals
   params = _rewrite_params(sh, visit, eqn, invals)
   out = eqn.primitive.bind(*invals, **params)
+  if key in sh.corrections:
+    out = out + _slice_correction(sh, visit.env[eqn.outvars[0]], sh.corrections[key]).astype(
+        out.dtype)
   return list(out) if eqn.primitive.multiple_results else [out]
+
+
+def _iota(sh: _Shrink, visit: Visit, eqn):
+  """The full iota, sliced along pruned channels (its values are the kept channels' indices)."""
+  atoms = visit.env[eqn.outvars[0]]
+  shape = tuple(sh.size(a) if sh.mask(a).all() else n
+                for a, n in zip(atoms, eqn.outvars[0].aval.shape, strict=True))
+  return sh.slice_leaf(eqn.primitive.bind(**{**eqn.params, "shape": shape}), atoms)
+
+
+def _slice_correction(sh: _Shrink, atoms, corr):
+  """A folded correction (size 1 on the broadcast axes) sliced along pruned channels."""
+  for ax, a in enumerate(atoms):
+    m = sh.mask(a)
+    if corr.shape[ax] != 1 and not m.all():
+      corr = jax.numpy.take(corr, np.nonzero(m)[0], axis=ax)
+  return corr
+
+
+# ----------------------------------------------------------------------------------------------
+# Constant-channel folding
+# ----------------------------------------------------------------------------------------------
+
+
+def _fold_sites(an: Analysis, leaf_keep: dict) -> dict:
+  """(id(visit), index) -> [(leaf, Fold)] for every fold site of a channel that is dropped."""
+  sites: dict = {}
+  for leaf, folds in an.folds.items():
+    keep = leaf_keep.get(an.atoms.find(leaf))
+    if keep is None or np.all(keep):
+      continue
+    for f in folds:
+      sites.setdefault((id(f.visit), f.index), []).append((leaf, f))
+  return sites
+
+
+def _fold_correction(an: Analysis, leaf_keep: dict, items: list, invals: list):
+  """What the dropped channels' constant values add to one ``dot_general``'s output.
+
+  The constant side is rebuilt as ``kvec`` along the contracted axis (the folded value at the
+  dropped channels' positions, 0 elsewhere), size 1 on its free axes, and contracted with the
+  recorded (input-independent) other operand: the result broadcasts over the free axes.
+  """
+  A = an.atoms
+  f0 = items[0][1]
+  eqn = f0.visit.jaxpr.eqns[f0.index]
+  (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+  total = 0.0
+  for side in (0, 1):
+    mine = [(leaf, f) for leaf, f in items if f.side == side]
+    if not mine:
+      continue
+    var, other = eqn.invars[side], invals[1 - side]
+    (c,), my_b, other_b = (lc, lb, rb) if side == 0 else (rc, rb, lb)
+    atom = f0.visit.env[var][c]
+    kvec = np.zeros(A.sz(atom), np.float64)
+    for leaf, f in mine:
+      dropped = {l: np.zeros(A.size[l], bool) for l in A.leaves(atom)}
+      dropped[leaf] = ~np.asarray(leaf_keep[A.find(leaf)], bool)
+      kvec += float(f.value) * A.keep_mask(atom, dropped)
+    shape = [1] * len(var.aval.shape)
+    shape[c] = kvec.size
+    for mb, ob in zip(my_b, other_b, strict=True):
+      shape[mb] = np.shape(other)[ob]
+    kshape = [1] * len(shape)
+    kshape[c] = kvec.size
+    const = jax.numpy.broadcast_to(kvec.astype(var.aval.dtype).reshape(kshape), shape)
+    ops = (const, other) if side == 0 else (other, const)
+    total = total + lax.dot_general(*ops, eqn.params["dimension_numbers"],
+                                    precision=lax.Precision.HIGHEST,
+                                    preferred_element_type=eqn.params.get("preferred_element_type"))
+  return total
+
+
+def _fold_corrections(an: Analysis, leaf_keep: dict, consts: list, inputs: list) -> dict:
+  """Run the full function once, recording the operands of every fold site of a dropped channel."""
+  sites = _fold_sites(an, leaf_keep)
+  if not sites:
+    return {}
+  rec = _Shrink(an, {})
+  rec.record = dict.fromkeys(sites)
+  _eval(rec, an.visit, consts, inputs)
+  return {key: _fold_correction(an, leaf_keep, items, rec.record[key])
+          for key, items in sites.items() if rec.record[key] is not None}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,7 +332,7 @@ def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
   measured, warned about and stored as ``small_fn.max_deviation``. ``multiple_of`` keeps a few
   extra zero channels so every pruned width is a multiple of it (:func:`round_up_keep`).
   """
-  an = analyse(fn, variables, *args, approximate=True, **kwargs)
+  an = analyse(fn, variables, *args, approximate=True, fold=True, **kwargs)
   # validated (shape, dtype, >= 1 channel kept per space); warns if non-zero groups are dropped
   keep = round_up_keep(space, resolve_keep(space, variables, keep, warn=check_zero), multiple_of)
   leaves = _match_spaces(space, an)
@@ -254,14 +347,16 @@ def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
     if not k.all() and "(approximate)" in ans.name:
       approximate.append(s.label())
     leaf_keep[an.atoms.find(leaf)] = k
-  sh = _Shrink(an, leaf_keep)
   tr = an.traced
   top = an.visit
   var_leaves = jax.tree_util.tree_leaves(variables)
+  consts = list(tr.closed.consts)
+  arg_leaves = [x for x, d in zip(jax.tree_util.tree_leaves((args, kwargs)), tr.arg_dynamic) if d]
+  corrections = _fold_corrections(an, leaf_keep, consts, list(var_leaves) + arg_leaves)
+  sh = _Shrink(an, leaf_keep, corrections=corrections)
   small_leaves = [sh.slice_leaf(x, top.env[v])
                   for x, v in zip(var_leaves, top.jaxpr.invars[:tr.num_var_leaves])]
   small = jax.tree_util.tree_unflatten(tr.var_treedef, small_leaves)
-  consts = list(tr.closed.consts)
 
   def small_fn(small_variables, *a, **kw):
     vl = jax.tree_util.tree_leaves(small_variables)
