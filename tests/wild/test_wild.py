@@ -90,8 +90,7 @@ def test_compress_equals_the_zeroed_model(name):
   case, space = _case_and_space(name)
   zeroed = _zero_fraction_of_each_space(space, case.variables, 0.4, seed=0)
   small_fn, small = hj.compress(case.fn, zeroed, space, *case.args)
-  if space.num_groups:  # resnet_pad: nothing is prunable yet (see its gaps)
-    assert _size(small) < _size(zeroed)
+  assert _size(small) < _size(zeroed)
   _assert_equivalent(small_fn, small, case.fn, zeroed, case.args)
 
 

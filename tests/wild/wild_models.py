@@ -212,8 +212,7 @@ def penzai_llama(stack: bool = False) -> WildCase:
   st = int(stack)
   exp = [e for pre in pres for e in _llamalike_block_spaces(pre, st, 2, 2, 24)]
   exp.append(_llamalike_stream(pres, st, 2, 2, tied=False, post_norms=False))
-  gaps = {pre + "q/k head dims (rotary pairs)": "iota (position-dependent values)" for pre in pres}
-  return _penzai_case("penzai_llama_stack" if stack else "penzai_llama", model, exp, gaps)
+  return _penzai_case("penzai_llama_stack" if stack else "penzai_llama", model, exp, {})
 
 
 def penzai_gemma() -> WildCase:
@@ -232,8 +231,7 @@ def penzai_gemma() -> WildCase:
   pres = [f"transformer/block_{b}/" for b in range(2)]
   exp = [e for pre in pres for e in _llamalike_block_spaces(pre, 0, 1, 2, 24)]
   exp.append(_llamalike_stream(pres, 0, 1, 2, tied=True, post_norms=False))
-  gaps = {pre + "q/k head dims (rotary pairs)": "iota (position-dependent values)" for pre in pres}
-  gaps["residual stream"] = "sees non-zero values for removed channels"
+  gaps = {"residual stream": "sees non-zero values for removed channels"}  # tied: pattern 5
   return _penzai_case("penzai_gemma", model, exp, gaps)
 
 
@@ -255,8 +253,7 @@ def penzai_gemma2() -> WildCase:
   pres = [f"transformer/block_{b}/" for b in range(2)]
   exp = [e for pre in pres for e in _llamalike_block_spaces(pre, 0, 2, 2, 24)]
   exp.append(_llamalike_stream(pres, 0, 2, 2, tied=True, post_norms=True))
-  gaps = {pre + "q/k head dims (rotary pairs)": "iota (position-dependent values)" for pre in pres}
-  gaps["residual stream"] = "sees non-zero values for removed channels"
+  gaps = {"residual stream": "sees non-zero values for removed channels"}  # tied: pattern 5
   return _penzai_case("penzai_gemma2", model, exp, gaps)
 
 
@@ -315,8 +312,7 @@ def penzai_gpt_neox(stack: bool = False) -> WildCase:
                (a + "query/Linear.weights", st, one)]
   exp.append(Expected("residual stream", D, tuple(stream),
                       "E[x^2] - E[x]^2 LayerNorm; zero scale and shift zero the channel"))
-  gaps = {pre + "q/k head dims (rotary pairs)": "iota (position-dependent values)" for pre in pres}
-  return _penzai_case("penzai_gpt_neox_stack" if stack else "penzai_gpt_neox", model, exp, gaps)
+  return _penzai_case("penzai_gpt_neox_stack" if stack else "penzai_gpt_neox", model, exp, {})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -567,11 +563,9 @@ def resnet_pad() -> WildCase:
                   "relu(conv(pad(0))) = 0; the identity add ties stem and conv2"),
          Expected("block inner", 8, (("conv1/w", 3, one), ("conv1/b", 0, one), ("conv2/w", 2, one)),
                   "relu(0) = 0 between the two convs"))
-  gaps = {"stream": "contracts this channel while it is not zero",
-          "block inner": "contracts this channel while it is not zero"}
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
   labels = jax.random.randint(jax.random.PRNGKey(2), (2,), 0, 5)
-  return WildCase("resnet_pad", _resnet_pad_fn, p, (x,), exp, gaps, labels)
+  return WildCase("resnet_pad", _resnet_pad_fn, p, (x,), exp, {}, labels)
 
 
 BUILDERS: dict[str, Callable[[], WildCase]] = {
