@@ -122,3 +122,18 @@ def test_short_hesso_run_gives_exact_zeros_and_an_equal_compressed_model(name):
   _assert_equivalent(small_fn, small, case.fn, params, case.args)
   full, comp = hj.count(case.fn, params, *case.args), hj.count(small_fn, small, *case.args)
   assert comp["params"] < full["params"] and comp["flops"] < full["flops"]
+
+
+# another input resolution for the convolutional models (NCHW for equimo, NHWC for resnet_pad)
+OTHER_RESOLUTION = {"equimo_convnext": (2, 3, 24, 24), "equimo_mobilenetv3": (2, 3, 24, 24),
+                    "resnet_pad": (2, 12, 12, 3)}
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_RESOLUTION))
+def test_compressed_cnn_runs_at_another_resolution(name):
+  """Traced at 16x16 (8x8), called at 24x24 (12x12): still equal to the zeroed full model."""
+  case, space = _case_and_space(name)
+  zeroed = _zero_fraction_of_each_space(space, case.variables, 0.4, seed=1)
+  small_fn, small = hj.compress(case.fn, zeroed, space, *case.args)
+  x = jax.random.normal(jax.random.PRNGKey(3), OTHER_RESOLUTION[name])
+  _assert_equivalent(small_fn, small, case.fn, zeroed, (x,))
