@@ -3,8 +3,8 @@
 penzai's Llama-, Gemma- (1 and 2) and GPT-NeoX-style transformers (unrolled and ``LayerStack``
 variants) and equimo's ViT, ConvNeXt and MobileNetV3, plus two models written by hand the way
 people write them without a library (nanoGPT's GPT-2, a ResNet with ``jnp.pad``); random init,
-tiny sizes, nothing downloaded. Run with ``make test-wild`` (marker ``wild``; deselected from the default run because
-it needs the ``[wild]`` extra: penzai, equimo).
+tiny sizes, nothing downloaded. Run with ``make test-wild`` (marker ``wild``; deselected from the
+default run because it needs the ``[wild]`` extra: penzai, equimo).
 
 Equivalence tolerance: in float32, ``max |compressed - zeroed| <= 1e-5 * max |zeroed|`` (relative
 to the output scale; different summation orders of the smaller contractions move the last bits).

@@ -118,8 +118,8 @@ def _penzai_case(name: str, model, expected, gaps) -> WildCase:
     values = []
     for label, names in axis_names.items():
       arr = get(v, label)
-      named = pz.nx.NamedArray(named_axes=collections.OrderedDict(zip(names, arr.shape, strict=True)),
-                               data_array=arr)
+      shape = collections.OrderedDict(zip(names, arr.shape, strict=True))
+      named = pz.nx.NamedArray(named_axes=shape, data_array=arr)
       values.append(pz.ParameterValue(label=label, value=named))
     out = pz.bind_variables(unbound, values)(pz.nx.wrap(tokens).tag("batch", "seq"))
     return out.untag("batch", "seq", "vocabulary").unwrap()
@@ -425,7 +425,8 @@ def equimo_mobilenetv3() -> WildCase:
   conv = lambda p: (p + "/conv/weight", 0, one)
   gn = lambda p, f=one: ((p + "/norm/weight", 0, f), (p + "/norm/bias", 0, f))
   exp = [
-      Expected("stem", 8, (conv("conv1"), *gn("conv1"), (L + "0/inverted_conv/conv/weight", 1, one)),
+      Expected("stem", 8,
+               (conv("conv1"), *gn("conv1"), (L + "0/inverted_conv/conv/weight", 1, one)),
                "conv -> per-channel GroupNorm -> hard-swish(0) = 0"),
       Expected("block0 expansion", 16,
                (conv(L + "0/inverted_conv"), *gn(L + "0/inverted_conv"),
@@ -516,7 +517,8 @@ def nanogpt() -> WildCase:
                   (pre + "c_proj/w", 0, grouped(HD))),
                  "zero a head's q/k/v columns and biases: its values are 0, its output is 0"),
         Expected(pre + "q/k head dims", HD,
-                 ((w, 1, fused_qkv((0, 1), 2, HD, "dim")), (bias, 0, fused_qkv((0, 1), 2, HD, "dim"))),
+                 ((w, 1, fused_qkv((0, 1), 2, HD, "dim")),
+                  (bias, 0, fused_qkv((0, 1), 2, HD, "dim"))),
                  "a zero q (and k) dim, in every head, adds 0 to q.k"),
         Expected(pre + "v head dims", HD,
                  ((w, 1, fused_qkv((2,), 2, HD, "dim")), (bias, 0, fused_qkv((2,), 2, HD, "dim")),
@@ -557,7 +559,8 @@ def resnet_pad() -> WildCase:
   keys = iter(jax.random.split(jax.random.PRNGKey(0), 16))
   n = lambda *shape: 0.3 * jax.random.normal(next(keys), shape)
   conv = lambda i, o: {"w": n(3, 3, i, o), "b": n(o)}
-  p = {"stem": conv(3, 8), "conv1": conv(8, 8), "conv2": conv(8, 8), "fc": {"w": n(8, 5), "b": n(5)}}
+  p = {"stem": conv(3, 8), "conv1": conv(8, 8), "conv2": conv(8, 8),
+       "fc": {"w": n(8, 5), "b": n(5)}}
   exp = (Expected("stream", 8, (("stem/w", 3, one), ("stem/b", 0, one), ("conv2/w", 3, one),
                                 ("conv2/b", 0, one), ("conv1/w", 2, one), ("fc/w", 0, one)),
                   "relu(conv(pad(0))) = 0; the identity add ties stem and conv2"),
