@@ -449,8 +449,6 @@ def rotating_scan():
   return Case("rotating_scan", fn, p, (_normal(k[4], (4, 6), 1.0),), 5, (("w1", "contracts"),))
 
 
-DISC_A = [padded_resnet, inline_rope_attention, clamped_mlp, offset_controls, rotating_scan]
-ZOO += DISC_A
 
 
 # --- constant-channel folding (discover(fold=True)): sigmoid(x @ ws + bs) (8, sigmoid(0) = 0.5)
@@ -471,9 +469,34 @@ def constant_channels():
               (("ws", "contracts"), ("wp", "contracts")))
 
 
+# --- normalisation without affine parameters: (x @ w1 - mean) * rsqrt(var + eps) with running
+#     statistics (state): a zero channel becomes -mean[c] / sqrt(var[c] + eps), one
+#     input-independent value per channel. 5 groups (relu(x @ w3)) by default, 5 + 8 = 13 with folding.
+def normalised_channels():
+  k = jax.random.split(jax.random.PRNGKey(17), 7)
+  v = {"params": {"w1": _normal(k[0], (6, 8)), "w2": _normal(k[1], (8, 3)),
+                  "w3": _normal(k[2], (6, 5)), "w4": _normal(k[3], (5, 3))},
+       "batch_stats": {"mean": _normal(k[4], (8,)), "var": 0.5 + jnp.abs(_normal(k[5], (8,)))}}
+
+  def fn(v, x):
+    p, st = v["params"], v["batch_stats"]
+    h = (x @ p["w1"] - st["mean"]) * lax.rsqrt(st["var"] + 1e-5)
+    return jax.nn.relu(h) @ p["w2"] + jax.nn.relu(x @ p["w3"]) @ p["w4"]
+
+  return Case("normalised_channels", fn, v, (_normal(k[6], (4, 6), 1.0),), 5,
+              (("w1", "contracts"),))
+
+
 # name -> prunable groups with discover(fold=True) (hand-derived in each builder's comment):
-# clamp(., 0.5, 6) folds (0.5), relu(. + 1.0) folds (1.0), the constant array (per-channel values,
-# not one constant) and the rotating loop (no folding inside loops) do not.
-FOLD_GROUPS = {"constant_channels": 19, "clamped_mlp": 38, "offset_controls": 13,
-               "rotating_scan": 5}
-FOLD_ZOO = [constant_channels, clamped_mlp, offset_controls, rotating_scan]
+# clamp(., 0.5, 6) folds (0.5), relu(. + 1.0) folds (1.0), tanh(. + C) folds (tanh(C[c]), one
+# value per channel), sigmoid_gated's plain sigmoid hidden layer folds (0.5: 8 + 8); the rotating
+# loop does not (no folding inside loops).
+FOLD_GROUPS = {"constant_channels": 19, "clamped_mlp": 38, "offset_controls": 19,
+               "rotating_scan": 5, "normalised_channels": 13, "sigmoid_gated": 16}
+FOLD_ZOO = [constant_channels, clamped_mlp, offset_controls, rotating_scan, normalised_channels,
+            sigmoid_gated]
+
+
+DISC_A = [padded_resnet, inline_rope_attention, clamped_mlp, offset_controls, rotating_scan,
+          constant_channels, normalised_channels]
+ZOO += DISC_A

@@ -50,9 +50,10 @@ class Fold(NamedTuple):
   """A contraction where a removed channel's constant value is folded into the output.
 
   At equation ``index`` of ``visit``, operand ``side`` (0: lhs, 1: rhs) of a ``dot_general``
-  equals ``value`` at every position of the channel when its producers are zero, and the other
-  operand does not depend on the data inputs; removing the channel adds
-  ``value * sum(other operand over the removed channels)`` to the output.
+  equals ``value`` (a scalar, or ``PER_CHANNEL``: an input-independent value per channel) at
+  every position of the channel when its producers are zero, and the other operand does not
+  depend on the data inputs; removing the channel adds the contraction of that value with the
+  other operand's removed rows to the output.
   """
 
   visit: Visit
@@ -82,7 +83,7 @@ class _Ctx:
       return False
     for side in (0, 1):
       k = vals[side].const if vals[side].const is not None else vals[side].known.get(leaf)
-      if k is not None and vals[1 - side].indep and bool(np.isfinite(k)):
+      if k is not None and vals[1 - side].indep and (k is V.PER_CHANNEL or bool(np.isfinite(k))):
         self.folds.setdefault(leaf, []).append(Fold(visit, i, side, k))
         return True
     return False
@@ -238,6 +239,16 @@ def _cond_atoms(ctx, visit, i, eqn, ins):
 # ----------------------------------------------------------------------------------------------
 
 
+def _indep_val(ctx: _Ctx, atoms, zeros) -> V.Val:
+  """Val of a variable leaf or captured constant: vectors are per-channel along their axis."""
+  big = [a for a in atoms if ctx.atoms.sz(a) > 1]
+  # Only when each position of the axis is one channel (a leaf, or a concatenation of leaves):
+  # along a product layout (heads x head-dim) the value would vary within a channel.
+  if ctx.fold_enabled and len(big) == 1 and len(ctx.atoms.expand([(big[0],)])) == 1:
+    return V.per_channel(zeros, ctx.atoms.leaves(big[0]))
+  return V.Val(zeros, V.EMPTY, None, True)
+
+
 def _val_of(venv, v) -> V.Val:
   if J.is_literal(v):
     return V.from_literal(v)
@@ -247,7 +258,8 @@ def _val_of(venv, v) -> V.Val:
 def _walk_zeros(ctx: _Ctx, visit: Visit, vin: list) -> list:
   """Abstract values of ``visit.jaxpr``'s outputs given its inputs' (marks sinks on the way)."""
   jaxpr = visit.jaxpr
-  venv = {v: V.PARAM_INDEP for v in jaxpr.constvars}  # captured constants: input-independent
+  venv = {v: _indep_val(ctx, visit.env.get(v, ()), frozenset())  # captured constants
+          for v in jaxpr.constvars}
   venv.update(zip(jaxpr.invars, vin))
   saved = ctx.visit, ctx.cur
   ctx.visit = visit
@@ -382,8 +394,8 @@ def analyse(fn, variables, *args, ignore=None, approximate: bool = False,
   zin = []
   for k, v in enumerate(jaxpr.invars):
     if k < tr.num_var_leaves:
-      zin.append(V.Val(A.leafset([a for ax, a in enumerate(in_atoms[k])
-                                  if roles[(k, ax)] == PRODUCER]), V.EMPTY, None, True))
+      zin.append(_indep_val(ctx, in_atoms[k], A.leafset(
+          [a for ax, a in enumerate(in_atoms[k]) if roles[(k, ax)] == PRODUCER])))
     else:
       zin.append(V.BOTTOM)  # data inputs: nothing known, input-dependent
   _walk_zeros(ctx, visit, zin)

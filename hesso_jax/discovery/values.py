@@ -5,7 +5,9 @@ Each jaxpr value gets a :class:`Val`:
 * ``zeros``: the leaf atoms (channel spaces) along which the value is exactly zero when those
   channels' producers are zero (``ALL``: the value is identically zero);
 * ``known``: leaf -> the non-zero scalar the value takes at every position of that channel when
-  its producers are zero (``sigmoid(0) = 0.5``, ``relu(0 + 1.0) = 1``, a comparison's ``False``);
+  its producers are zero (``sigmoid(0) = 0.5``, ``relu(0 + 1.0) = 1``, a comparison's ``False``),
+  or :data:`PER_CHANNEL`: an input-independent value that depends only on which channel of the
+  leaf a position belongs to (a BatchNorm's running mean, a constant vector added to the channel);
 * ``const``: the scalar every element of the value equals, when that is known at trace time
   (literals, and what is computed from them: a pad or clip bound passed into a nested ``jit``);
 * ``indep``: the value does not depend on the function's data inputs (only on parameters,
@@ -29,7 +31,8 @@ import numpy as np
 from hesso_jax import _jaxpr as J
 from hesso_jax.discovery.rules import ALL, has
 
-__all__ = ["BOTTOM", "EMPTY", "Val", "from_literal", "meet", "same", "transfer"]
+__all__ = ["BOTTOM", "EMPTY", "PER_CHANNEL", "Val", "from_literal", "meet", "per_channel", "same",
+           "transfer"]
 
 EMPTY: Mapping[int, Any] = types.MappingProxyType({})
 _MAX_CONST_SIZE = 4096  # larger literals are not inspected for a uniform value
@@ -44,8 +47,23 @@ class Val(NamedTuple):
   indep: bool = False
 
 
+class _PerChannel:
+  """Marker in ``Val.known``: a per-channel, input-independent value (not one known scalar)."""
+
+  def __repr__(self) -> str:
+    return "PER_CHANNEL"
+
+
+PER_CHANNEL = _PerChannel()
 BOTTOM = Val()
 PARAM_INDEP = Val(frozenset(), EMPTY, None, True)
+
+
+def per_channel(zeros, leaves) -> Val:
+  """Val of an input-independent vector (parameters, state, captured constants) whose only
+  non-trivial axis carries ``leaves``: along each non-zero leaf its value is per-channel."""
+  known = {leaf: PER_CHANNEL for leaf in leaves if not has(zeros, leaf)}
+  return Val(zeros, known or EMPTY, None, True)
 
 
 def same(a, b) -> bool:
@@ -151,6 +169,8 @@ sharding_constraint mesh_cast reshard pvary optimization_barrier device_put
 def _apply(eqn, args: list) -> Any:
   """``eqn``'s primitive on scalar operands (typed like its inputs), or ``None``."""
   name = eqn.primitive.name
+  if any(a is PER_CHANNEL for a in args):  # a function of per-channel constants is one too
+    return PER_CHANNEL
   try:
     with np.errstate(all="ignore"):
       if name in _UNARY:
@@ -203,8 +223,8 @@ def _evaluate(eqn, vals: list[Val], z, indep: bool) -> Val:
     return Val(z, EMPTY, const, indep)
   zeros, known = set(), {}
   for leaf in cand - z:
-    r = _apply(eqn, [_along(v, var, leaf) for v, var in zip(vals, eqn.invars)]) \
-        if all(_along(v, var, leaf) is not None for v, var in zip(vals, eqn.invars)) else None
+    args = [_along(v, var, leaf) for v, var in zip(vals, eqn.invars, strict=True)]
+    r = None if any(a is None for a in args) else _apply(eqn, args)
     if r is None:
       continue
     if is_zero(r):

@@ -8,6 +8,8 @@ arrays. Shape-carrying parameters (``reshape.new_sizes``, ``broadcast_in_dim.sha
 rewritten from the analysis; constants traced from shapes (``1/sqrt(head_dim)``, mean
 denominators) stay exactly as traced. Calls are inlined; ``scan``/``while``/``cond`` are
 rebuilt with ``lax`` so the result stays a single jittable, library-independent function.
+Tables computed in the trace (``iota``: positions, rotary frequencies) are evaluated at full size
+and sliced along pruned channels, like captured constants.
 """
 
 from __future__ import annotations
@@ -221,9 +223,10 @@ def _fold_sites(an: Analysis, leaf_keep: dict) -> dict:
 def _fold_correction(an: Analysis, leaf_keep: dict, items: list, invals: list):
   """What the dropped channels' constant values add to one ``dot_general``'s output.
 
-  The constant side is rebuilt as ``kvec`` along the contracted axis (the folded value at the
-  dropped channels' positions, 0 elsewhere), size 1 on its free axes, and contracted with the
-  recorded (input-independent) other operand: the result broadcasts over the free axes.
+  The constant side is rebuilt as ``kvec`` along the contracted axis (its recorded value at the
+  dropped channels' positions, which discovery proved input-independent and constant along every
+  other axis; 0 elsewhere), size 1 on its free axes, and contracted with the recorded
+  (input-independent) other operand: the result broadcasts over the free axes.
   """
   A = an.atoms
   f0 = items[0][1]
@@ -237,11 +240,16 @@ def _fold_correction(an: Analysis, leaf_keep: dict, items: list, invals: list):
     var, other = eqn.invars[side], invals[1 - side]
     (c,), my_b, other_b = (lc, lb, rb) if side == 0 else (rc, rb, lb)
     atom = f0.visit.env[var][c]
-    kvec = np.zeros(A.sz(atom), np.float64)
-    for leaf, f in mine:
+    x = np.asarray(invals[side])
+    along = x[tuple(slice(None) if ax == c else 0 for ax in range(x.ndim))]
+    kvec = np.zeros(A.sz(atom), x.dtype)
+    for leaf, _ in mine:
       dropped = {l: np.zeros(A.size[l], bool) for l in A.leaves(atom)}
       dropped[leaf] = ~np.asarray(leaf_keep[A.find(leaf)], bool)
-      kvec += float(f.value) * A.keep_mask(atom, dropped)
+      pos = A.keep_mask(atom, dropped)
+      kvec[pos] = along[pos]
+    if not np.all(np.isfinite(kvec)):
+      raise ValueError(f"compress: a folded channel's constant value is not finite ({eqn})")
     shape = [1] * len(var.aval.shape)
     shape[c] = kvec.size
     for mb, ob in zip(my_b, other_b, strict=True):
@@ -265,7 +273,7 @@ def _fold_corrections(an: Analysis, leaf_keep: dict, consts: list, inputs: list)
   rec.record = dict.fromkeys(sites)
   _eval(rec, an.visit, consts, inputs)
   return {key: _fold_correction(an, leaf_keep, items, rec.record[key])
-          for key, items in sites.items() if rec.record[key] is not None}
+          for key, items in sites.items()}  # every site is outside loops: always recorded
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,6 +339,9 @@ def compress(fn: Callable, variables: Any, space: SearchSpace, *args, keep=None,
   ``discover(..., approximate=True)`` are not exact: their deviation on the example inputs is
   measured, warned about and stored as ``small_fn.max_deviation``. ``multiple_of`` keeps a few
   extra zero channels so every pruned width is a multiple of it (:func:`round_up_keep`).
+  Spaces found with ``discover(..., fold=True)`` (named ``... (exact, folded)``) are exact too:
+  their dropped channels' constant value times the consumer's dropped rows is computed once here
+  (one eager run of ``fn`` on the example inputs) and added to the consumer's output.
   """
   an = analyse(fn, variables, *args, approximate=True, fold=True, **kwargs)
   # validated (shape, dtype, >= 1 channel kept per space); warns if non-zero groups are dropped
