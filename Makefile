@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow test-multiprocess notebooks wheel-notebooks doctest docs test-oldest bench lint typecheck check-imports clean
+.PHONY: install demo test test-slow test-multiprocess test-wild notebooks wheel-notebooks doctest docs test-oldest bench lint typecheck check-imports clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ test-slow: $(STAMP)
 
 test-multiprocess: $(STAMP)
 	$(PY) -m pytest -q -m multiprocess tests/test_multiprocess.py
+
+# the wild tier: penzai / equimo models (the [wild] extra), marker `wild`
+$(VENV)/.installed-wild: $(STAMP)
+	$(PY) -m pip install -q -e '.[wild]'
+	touch $@
+
+test-wild: $(VENV)/.installed-wild
+	$(PY) -m pytest -q -m wild tests/wild
 
 notebooks: $(STAMP)
 	$(PY) -m pytest -q -m notebooks tests/test_notebooks.py
