@@ -274,7 +274,8 @@ def study(tasks, sparsities, seeds, *, small: bool, out: pathlib.Path, methods=M
   versions = package_versions()
   runs_dir = out / "runs"
   records: list[dict] = []
-  total = len(tasks) * len(seeds) * (1 + len(sparsities) * (len(methods) - 1))
+  per_sparsity = len([m for m in methods if m != "dense"])
+  total = len(tasks) * len(seeds) * (1 + len(sparsities) * per_sparsity)
   bar = tqdm(total=total, desc="study", dynamic_ncols=True)
   for task in tasks:
     for seed in seeds:
@@ -343,14 +344,15 @@ def summarise(records: list[dict]) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-  lines = ["| task | target | method | accuracy (mean ± std, n) | params kept | FLOPs kept |",
-           "|---|---:|---|---:|---:|---:|"]
+  lines = ["| task | target | method | accuracy (mean ± std, n) | group sparsity | params kept | "
+           "FLOPs kept |", "|---|---:|---|---:|---:|---:|---:|"]
   for r in rows:
     scale = 100 if r["metric"] == "accuracy" else 1
     pct = lambda k: f"{r[k]:.1f}%" if k in r else "100%"
     tgt = "-" if r["method"] == "dense" else f"{r['sparsity']:.0%}"
+    gs = f"{100 * r['group_sparsity']:.1f}%" if "group_sparsity" in r else "0%"
     lines.append(f"| {r['task']} | {tgt} | {r['method']} | {scale * r['mean']:.2f} ± "
-                 f"{scale * r['std']:.2f} (n={r['n']}) | {pct('params_kept_pct')} | "
+                 f"{scale * r['std']:.2f} (n={r['n']}) | {gs} | {pct('params_kept_pct')} | "
                  f"{pct('flops_kept_pct')} |")
   return "\n".join(lines)
 
