@@ -203,7 +203,8 @@ def test_the_sign_of_d_changes_the_selection_for_these_seeds():
   assert differ >= 2
 
 
-@pytest.mark.parametrize("periods,period_len", [(2, 2), (3, 3)])
+@pytest.mark.parametrize("periods,period_len",
+                         [pytest.param(2, 2, marks=pytest.mark.default_xla), (3, 3)])
 def test_hesso_trajectory_equals_numpy_reference(periods, period_len):
   """Every step: redundant and pruned masks equal, parameters within float32 rounding."""
   params, space = mlp(seed=5)
