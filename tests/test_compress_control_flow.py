@@ -1,4 +1,5 @@
-"""compress re-interprets while_loop, cond, fori_loop (static and traced trip counts) and split.
+"""compress re-interprets while_loop, cond, fori_loop (static and traced trip counts) and split;
+literals in add / max / mul are handled exactly.
 
 Each function below is discovered, about 40% of each prunable space is zeroed, and the compressed
 function must equal the zeroed full model on inputs that take every branch.
@@ -61,7 +62,17 @@ def cond_switch(p, x):
 
 SWITCH = dict(w1=(3, 10), wa=(10, 8), wb=(10, 8), wo=(8, 2))
 
-CASES = {"branchy": (branchy, BRANCHY, 6), "split": (split_sections, SPLIT, 5),
+def literals(p, x):
+  """Non-zero literals break zero-invariance (relu(0 + 1) = 1, max(0, 0.5) = 0.5): those hidden
+  channels must stay; a literal factor keeps it (tanh(0 * 2) = 0)."""
+  a = jax.nn.relu(x @ p["w1"] + 1.0) @ p["w2"]
+  b = jnp.maximum(x @ p["w3"], 0.5) @ p["w4"]
+  return a + b + jnp.tanh((x @ p["w5"]) * 2.0) @ p["w6"]
+
+
+LITERALS = dict(w1=(4, 6), w2=(6, 2), w3=(4, 5), w4=(5, 2), w5=(4, 7), w6=(7, 2))
+
+CASES = {"literals": (literals, LITERALS, 4), "branchy": (branchy, BRANCHY, 6), "split": (split_sections, SPLIT, 5),
          "switch": (cond_switch, SWITCH, 3)}
 
 
@@ -74,8 +85,8 @@ def _zero(space, variables, seed):
   return space.zero_groups(variables, jnp.asarray(mask)), mask
 
 
-@pytest.mark.parametrize("name", [pytest.param("branchy", marks=pytest.mark.default_xla), "split",
-                                  "switch"])
+@pytest.mark.parametrize("name", [pytest.param("branchy", marks=pytest.mark.default_xla), "literals",
+                                  "split", "switch"])
 def test_compressed_control_flow_equals_zeroed_model(name):
   fn, shapes, din = CASES[name]
   p = _params(shapes)
@@ -97,3 +108,8 @@ def test_compressed_control_flow_equals_zeroed_model(name):
     outs.append(np.asarray(ref))
   # the inputs really exercise different paths (the reference outputs are not all alike)
   assert len({o.tobytes() for o in outs}) == len(xs)
+
+
+def test_nonzero_literals_keep_their_channels():
+  space = hj.discover(literals, _params(LITERALS), jnp.ones((2, 4)))
+  assert space.num_groups == 7, space.summary()  # only w5's hidden channels
