@@ -236,3 +236,15 @@ def test_hesso_trajectory_equals_numpy_reference(periods, period_len):
   assert s.pruned.sum() == math.floor(G * 0.6)
   norms = np.asarray(space.group_norms(p))
   assert np.all(norms[np.asarray(s.pruned)] == 0.0) and np.all(norms[~np.asarray(s.pruned)] > 0)
+
+
+@pytest.mark.parametrize("num_groups,percent", [(75, 84), (100, 53)])
+def test_target_count_is_the_exact_floor(num_groups, percent):
+  """R = floor(G * s) in exact arithmetic: float32 gives floor(75 * 0.84) = 62, not 63."""
+  params = {"w": jax.random.normal(jax.random.PRNGKey(0), (3, num_groups))}
+  space = hj.SearchSpace((hj.ChannelSpace(num_groups, (hj.AxisSlice(("w",), 1),), name="w"),))
+  tx = hj.hesso(optax.sgd(0.1), space, target_group_sparsity=percent / 100, warmup_steps=0,
+                pruning_steps=1)
+  g = jax.tree_util.tree_map(jnp.ones_like, params)
+  _, st = jax.jit(tx.update)(g, tx.init(params), params)
+  assert int(hj.pruned_mask(st).sum()) == num_groups * percent // 100
