@@ -43,20 +43,32 @@ DISCOVERY = ["tests/test_discovery.py", "tests/test_compress_control_flow.py"]
 
 @dataclasses.dataclass(frozen=True)
 class Mutation:
-  """Replace ``snippet`` (unique across the package) by ``replacement``; ``tests`` must fail."""
+  """Replace ``snippet`` (unique across the package) by ``replacement``; ``tests`` must fail.
+
+  ``alternatives`` are further (snippet, replacement) pairs for other spellings of the same code
+  (e.g. before and after a refactoring); exactly one of all the snippets must be found, once.
+  """
 
   name: str
   what: str
   snippet: str
   replacement: str
   tests: tuple[str, ...]
+  alternatives: tuple[tuple[str, str], ...] = ()
+
+  def pairs(self) -> tuple[tuple[str, str], ...]:
+    return ((self.snippet, self.replacement),) + self.alternatives
 
 
 MUTATIONS = (
     # --- HESSO: saliency, selection, schedule ----------------------------------------------------
     Mutation("saliency_sign", "HESSO scores with d = u instead of d = -u",
              "d = jax.tree_util.tree_map(lambda a: -a, uu)",
-             "d = jax.tree_util.tree_map(lambda a: a, uu)", tuple(OPTIM)),
+             "d = jax.tree_util.tree_map(lambda a: a, uu)", tuple(OPTIM),
+             (("uu, _ = base.update(updates, state.base_state, params, **extra_args)\n"
+               "      return jax.tree_util.tree_map(jnp.negative, cm.promote_updates(uu, params))",
+               "uu, _ = base.update(updates, state.base_state, params, **extra_args)\n"
+               "      return jax.tree_util.tree_map(lambda a: a, cm.promote_updates(uu, params))"),)),
     Mutation("saliency_normalisation", "criteria divided by their max instead of their L2 norm",
              "return v / jnp.where(m > 0, norm, 1.0)", "return v / jnp.where(m > 0, m, 1.0)",
              tuple(OPTIM)),
@@ -67,12 +79,15 @@ MUTATIONS = (
              "st.xd / (jnp.sqrt(st.xx) * jnp.sqrt(st.dd) + eps)", tuple(OPTIM)),
     Mutation("forgetting_factor", "forgetting factor (T-j-1)/T instead of (T-j-1)/(T-j)",
              "factor = (T - j - 1).astype(jnp.float32) / (T - j).astype(jnp.float32)",
-             "factor = (T - j - 1).astype(jnp.float32) / T.astype(jnp.float32)", tuple(OPTIM)),
+             "factor = (T - j - 1).astype(jnp.float32) / T.astype(jnp.float32)", tuple(OPTIM),
+             (("return (length - j - 1).astype(jnp.float32) / (length - j).astype(jnp.float32)",
+               "return (length - j - 1).astype(jnp.float32) / length.astype(jnp.float32)"),)),
     Mutation("zero_mask", "pruned groups no longer held at exactly zero",
              "new = jnp.where(z, -xx, new)", "new = jnp.where(z, new, new)", tuple(OPTIM)),
     Mutation("quota_per_period", "cumulative period target (R//K + 1)*(k+1) instead of (R//K)*(k+1)",
              "through_k = jnp.where(k < K - 1, (R // K) * (k + 1), R)",
-             "through_k = jnp.where(k < K - 1, (R // K + 1) * (k + 1), R)", tuple(OPTIM)),
+             "through_k = jnp.where(k < K - 1, (R // K + 1) * (k + 1), R)", tuple(OPTIM),
+             (("(R // sched.K) * (sched.k + 1), R)", "(R // sched.K + 1) * (sched.k + 1), R)"),)),
     Mutation("space_cap", "a space may lose all its groups (no multiple_of groups kept)",
              "cap_s = jnp.maximum(sizes - m - removed_s, 0)",
              "cap_s = jnp.maximum(sizes - removed_s, 0)", tuple(OPTIM)),
@@ -83,10 +98,13 @@ MUTATIONS = (
              "kept2 = jnp.where(rem == 0, kept, jnp.maximum(kept - rem, 0))", tuple(OPTIM)),
     # --- HESSO-CRIC --------------------------------------------------------------------------------
     Mutation("cric_restore", "CRIC never restores the cache at cycle boundaries / termination",
-             "restore_now = meas | boundary", "restore_now = meas", tuple(CRIC)),
+             "restore_now = meas | boundary", "restore_now = meas", tuple(CRIC),
+             (("restore_when=ph.meas | ph.boundary)", "restore_when=ph.meas)"),)),
     Mutation("cric_loss_criterion", "CRIC's final ranking ignores the probes' loss criterion",
              "final = mean_score + loss_w * loss_criterion(",
-             "final = mean_score + 0.0 * loss_criterion(", tuple(CRIC)),
+             "final = mean_score + 0.0 * loss_criterion(", tuple(CRIC),
+             (("final = mean_score + loss_weight * unit * cost",
+               "final = mean_score + 0.0 * unit * cost"),)),
     # --- discovery rules ---------------------------------------------------------------------------
     Mutation("literal_is_zero", "every literal is treated as zero (relu(x @ W + 1.0) prunable)",
              "return bool(np.all(np.asarray(val) == 0))", "return True", tuple(DISCOVERY)),
@@ -130,26 +148,25 @@ class SnippetError(RuntimeError):
   """A mutation's snippet is missing from, or not unique in, the package."""
 
 
-def locate(root: pathlib.Path, m: Mutation) -> pathlib.Path:
-  """The one package file holding ``m.snippet`` exactly once (relative to ``root``)."""
-  hits = []
-  for path in sorted((root / PACKAGE).rglob("*.py")):
-    n = path.read_text().count(m.snippet)
-    if n:
-      hits.append((path.relative_to(root), n))
+def locate(root: pathlib.Path, m: Mutation) -> tuple[pathlib.Path, str, str]:
+  """(file relative to ``root``, snippet, replacement): the one snippet of ``m`` found, once."""
+  sources = {p.relative_to(root): p.read_text() for p in sorted((root / PACKAGE).rglob("*.py"))}
+  hits = [(rel, snip, rep, text.count(snip)) for snip, rep in m.pairs()
+          for rel, text in sources.items() if snip in text]
   if not hits:
-    raise SnippetError(f"mutation {m.name!r}: snippet not found in {PACKAGE}/**/*.py:\n"
-                       f"    {m.snippet!r}\n  update the snippet in tools/mutate.py")
-  if len(hits) > 1 or hits[0][1] > 1:
-    where = ", ".join(f"{p} ({n}x)" for p, n in hits)
-    raise SnippetError(f"mutation {m.name!r}: snippet not unique ({where}):\n    {m.snippet!r}\n"
+    listed = "\n".join(f"    {snip!r}" for snip, _ in m.pairs())
+    raise SnippetError(f"mutation {m.name!r}: snippet not found in {PACKAGE}/**/*.py:\n{listed}\n"
+                       "  update the snippet in tools/mutate.py")
+  if len(hits) > 1 or hits[0][3] > 1:
+    where = ", ".join(f"{rel} ({n}x {snip[:40]!r})" for rel, snip, _, n in hits)
+    raise SnippetError(f"mutation {m.name!r}: snippet not unique: {where}\n"
                        "  make it longer in tools/mutate.py")
-  return hits[0][0]
+  return hits[0][:3]
 
 
 def run_one(m: Mutation, *, timeout: float, python: str) -> dict:
   """Apply ``m`` to a temporary copy of the repository and run its tests there."""
-  rel = locate(ROOT, m)
+  rel, snippet, replacement = locate(ROOT, m)
   with tempfile.TemporaryDirectory(prefix=f"mutate_{m.name}_") as tmp:
     tmp = pathlib.Path(tmp)
     for name in COPY:
@@ -159,7 +176,7 @@ def run_one(m: Mutation, *, timeout: float, python: str) -> dict:
       elif src.exists():
         shutil.copy2(src, tmp / name)
     target = tmp / rel
-    target.write_text(target.read_text().replace(m.snippet, m.replacement))
+    target.write_text(target.read_text().replace(snippet, replacement))
     env = dict(os.environ, PYTHONPATH=str(tmp), PYTHONDONTWRITEBYTECODE="1")
     cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m.tests]
     t0 = time.time()
@@ -198,7 +215,7 @@ def main(argv=None) -> int:
   args = ap.parse_args(argv)
   selected = [m for m in MUTATIONS if args.k in m.name]
   try:
-    files = {m.name: locate(ROOT, m) for m in selected}
+    files = {m.name: locate(ROOT, m)[0] for m in selected}
   except SnippetError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
