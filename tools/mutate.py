@@ -65,10 +65,12 @@ MUTATIONS = (
     Mutation("saliency_sign", "HESSO scores with d = u instead of d = -u",
              "d = jax.tree_util.tree_map(lambda a: -a, uu)",
              "d = jax.tree_util.tree_map(lambda a: a, uu)", tuple(OPTIM),
-             (("uu, _ = base.update(updates, state.base_state, params, **extra_args)\n"
-               "      return jax.tree_util.tree_map(jnp.negative, cm.promote_updates(uu, params))",
-               "uu, _ = base.update(updates, state.base_state, params, **extra_args)\n"
-               "      return jax.tree_util.tree_map(lambda a: a, cm.promote_updates(uu, params))"),)),
+             (("as for the base optimizer alone.\n"
+               "      uu, _ = base.update(updates, state.base_state, params, **extra_args)\n"
+               "      return jax.tree_util.tree_map(jnp.negative,",
+               "as for the base optimizer alone.\n"
+               "      uu, _ = base.update(updates, state.base_state, params, **extra_args)\n"
+               "      return jax.tree_util.tree_map(lambda a: a,"),)),
     Mutation("saliency_normalisation", "criteria divided by their max instead of their L2 norm",
              "return v / jnp.where(m > 0, norm, 1.0)", "return v / jnp.where(m > 0, m, 1.0)",
              tuple(OPTIM)),
