@@ -72,7 +72,21 @@ def literals(p, x):
 
 LITERALS = dict(w1=(4, 6), w2=(6, 2), w3=(4, 5), w4=(5, 2), w5=(4, 7), w6=(7, 2))
 
-CASES = {"literals": (literals, LITERALS, 4), "branchy": (branchy, BRANCHY, 6), "split": (split_sections, SPLIT, 5),
+
+def _conv(x, k):
+  return lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def convs(p, x):
+  """A conv's channels feeding a sigmoid (sigmoid(0) = 0.5) stay; after a relu they are prunable."""
+  h = jax.nn.sigmoid(_conv(x.reshape(x.shape[0], 2, 2, -1), p["k1"]))
+  h = jax.nn.relu(_conv(h, p["k2"]))
+  return jnp.mean(h, axis=(1, 2)) @ p["w"]
+
+
+CONVS = dict(k1=(3, 3, 2, 5), k2=(3, 3, 5, 6), w=(6, 2))
+
+CASES = {"convs": (convs, CONVS, 8), "literals": (literals, LITERALS, 4), "branchy": (branchy, BRANCHY, 6), "split": (split_sections, SPLIT, 5),
          "switch": (cond_switch, SWITCH, 3)}
 
 
@@ -85,8 +99,8 @@ def _zero(space, variables, seed):
   return space.zero_groups(variables, jnp.asarray(mask)), mask
 
 
-@pytest.mark.parametrize("name", [pytest.param("branchy", marks=pytest.mark.default_xla), "literals",
-                                  "split", "switch"])
+@pytest.mark.parametrize("name", [pytest.param("branchy", marks=pytest.mark.default_xla), "convs",
+                                  "literals", "split", "switch"])
 def test_compressed_control_flow_equals_zeroed_model(name):
   fn, shapes, din = CASES[name]
   p = _params(shapes)
@@ -110,6 +124,8 @@ def test_compressed_control_flow_equals_zeroed_model(name):
   assert len({o.tobytes() for o in outs}) == len(xs)
 
 
-def test_nonzero_literals_keep_their_channels():
+def test_nonzero_literals_and_sigmoid_keep_their_channels():
   space = hj.discover(literals, _params(LITERALS), jnp.ones((2, 4)))
   assert space.num_groups == 7, space.summary()  # only w5's hidden channels
+  space = hj.discover(convs, _params(CONVS), jnp.ones((2, 8)))
+  assert space.num_groups == 6, space.summary()  # only k2's output channels

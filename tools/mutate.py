@@ -126,9 +126,9 @@ MUTATIONS = (
     Mutation("dot_general_verdict", "dot_general may contract channels that are not zero",
              '_contract_check(ctx, eqn, zin[0], zin[1], ctx.atoms.leafset([la[i] for i in lc]), '
              '"dot_general")', "pass", tuple(DISCOVERY)),
-    Mutation("conv_depthwise_verdict", "depthwise conv no longer carries its input's zeros",
-             "  if g > 1:  # channel groups pass from the input feature axis to the output feature axis",
-             "  if False:", tuple(DISCOVERY)),
+    Mutation("conv_verdict", "conv may contract input channels that are not zero",
+             '_contract_check(ctx, eqn, zin[0], zin[1], rin_leaves, "conv_general_dilated")', "pass",
+             tuple(DISCOVERY)),
     Mutation("reshape_verdict", "reshape drops the zero-set (conv -> flatten -> dense unprunable)",
              'register("reshape")(Rule(_reshape_atoms, _keep_zeros))',
              'register("reshape")(Rule(_reshape_atoms, no_zeros))', tuple(DISCOVERY)),
