@@ -1,12 +1,25 @@
-"""HESSO / HESSO-CRIC train-step time relative to the plain optax step.
+"""HESSO / HESSO-CRIC step cost per phase, relative to the plain base optimizer.
 
-For the digits-size CNN (experiments.models.DigitsCNN, 8x8x1, BatchNorm in train mode) and a
-small GPT-style char LM (experiments.models.CharGPT), a jitted train step (forward + grad +
-optimizer update + apply_updates) is timed for: plain adam; hesso(adam) inside a pruning period
-(``mid``: j != 0) and at a period start (``select``: j == 0, saliency + global ranking);
-hesso_cric(adam) during probing and during a corrective cycle. Each variant is timed at a fixed
-optimizer state reached by actually running the schedule (the same state is fed every call, so
-the same phase runs each time). Variants are interleaved; ratios are medians of per-round ratios.
+Two models: an MLP (784-1024-1024-10, batch 16: the optimizer is a large share of the step) and
+the digits CNN (experiments.models.DigitsCNN, 8x8x1, BatchNorm in train mode, batch 64). Base
+optimizer: SGD with momentum 0.9. For each phase of each schedule two things are timed, each as
+a ratio to the same measurement with the plain base optimizer:
+
+* ``opt``: the optimizer alone (``tx.update`` + ``optax.apply_updates`` on fixed gradients);
+* ``train``: the whole jitted train step (forward, backward, update, apply).
+
+Phases (HESSO: warm-up 2 steps, 2 periods of 4 steps; CRIC: start 2, cycles of 3 steps, at most
+2 cycles, hybrid 3 steps):
+
+* ``warmup``: before any selection (must cost what the base costs);
+* ``selection``: HESSO's period start (saliency + global ranking); CRIC's cycle steps (saliency
+  every step);
+* ``forgetting``: HESSO inside a period; CRIC's hybrid forgetting;
+* ``committed``: after the last commit (pruned groups kept at zero).
+
+Each variant is timed at a fixed optimizer state reached by running the schedule (the same state
+is fed every call, so the same phase runs each time). Variants are interleaved round-robin and
+ratios are medians of per-round ratios (robust to load drift on a shared machine).
 
     python -m benchmarks.bench_step [--small]
 """
@@ -15,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,116 +37,179 @@ import numpy as np
 import optax
 
 import hesso_jax as hj
-from benchmarks.common import interleaved, paired_ratio, table, write_json
-from experiments.models import CharGPT, DigitsCNN
+from benchmarks.common import interleaved, markdown_table, paired_ratio, table, write_json
+from experiments.models import DigitsCNN
+
+HESSO_KW = dict(target_group_sparsity=0.5, warmup_steps=2, pruning_steps=8, pruning_periods=2)
+CRIC_KW = dict(target_group_sparsity=0.5, start_cric_step=2, sampling_steps=3, max_cycle_period=2,
+               hybrid_training_steps=3, trial_sparsities=(0.5,))
 
 
-def make_task(name):
-  key = jax.random.PRNGKey(0)
-  if name == "digits_cnn":
-    model = DigitsCNN()
-    x = jax.random.normal(key, (64, 8, 8, 1))
-    y = jax.random.randint(key, (64,), 0, 10)
-    v = model.init(key, x)
+def _mlp_task(key: jax.Array):
+  dims = (784, 1024, 1024, 10)
+  params, spaces = {}, []
+  for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+    k1, key = jax.random.split(key)
+    params[f"l{i}"] = {"kernel": jax.random.normal(k1, (a, b)) / np.sqrt(a), "bias": jnp.zeros(b)}
+  for i in range(len(dims) - 2):
+    spaces.append(hj.ChannelSpace(dims[i + 1], (
+        hj.AxisSlice((f"l{i}", "kernel"), 1), hj.AxisSlice((f"l{i}", "bias"), 0),
+        hj.AxisSlice((f"l{i + 1}", "kernel"), 0, hj.CONSUMER)), name=f"h{i}"))
+  x = jax.random.normal(key, (16, dims[0]))
+  y = jax.random.randint(key, (16,), 0, dims[-1])
 
-    def loss_fn(params, bs, x, y):
-      logits, new = model.apply({"params": params, "batch_stats": bs}, x, train=True,
-                                mutable=["batch_stats"])
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new["batch_stats"]
+  def loss_fn(p, aux, x, y):
+    h = x
+    for i in range(len(dims) - 1):
+      h = h @ p[f"l{i}"]["kernel"] + p[f"l{i}"]["bias"]
+      h = jax.nn.relu(h) if i < len(dims) - 2 else h
+    return optax.softmax_cross_entropy_with_integer_labels(h, y).mean(), aux
 
-    space = hj.discover(lambda v, x: model.apply(v, x, train=False), v, x).subtree("params")
-    return v["params"], v["batch_stats"], loss_fn, (x, y), space
-  if name == "char_gpt":
-    model = CharGPT(vocab_size=65, block_size=64, d_model=96, num_heads=4, num_layers=2)
-    ids = jax.random.randint(key, (16, 64), 0, 65)
-    tgt = jnp.roll(ids, -1, axis=1)
-    v = model.init(key, ids)
-
-    def loss_fn(params, bs, x, y):
-      logits = model.apply({"params": params}, x)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), bs
-
-    space = hj.discover(lambda v, x: model.apply(v, x), v, ids).subtree("params")
-    return v["params"], {}, loss_fn, (ids, tgt), space
-  raise ValueError(name)
+  return params, {}, loss_fn, (x, y), hj.SearchSpace(tuple(spaces))
 
 
-def make_step(tx, loss_fn, needs_value):
-  def step(params, bs, opt_state, x, y):
-    (loss, bs), g = jax.value_and_grad(loss_fn, has_aux=True)(params, bs, x, y)
-    if needs_value:
-      upd, opt_state = tx.update(g, opt_state, params, value=loss)
-    else:
-      upd, opt_state = tx.update(g, opt_state, params)
-    return optax.apply_updates(params, upd), bs, opt_state, loss
+def _cnn_task(key: jax.Array):
+  model = DigitsCNN()
+  x = jax.random.normal(key, (64, 8, 8, 1))
+  y = jax.random.randint(key, (64,), 0, 10)
+  v = model.init(key, x)
+
+  def loss_fn(params, bs, x, y):
+    logits, new = model.apply({"params": params, "batch_stats": bs}, x, train=True,
+                              mutable=["batch_stats"])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new["batch_stats"]
+
+  space = hj.discover(lambda v, x: model.apply(v, x, train=False), v, x).subtree("params")
+  return v["params"], v["batch_stats"], loss_fn, (x, y), space
+
+
+TASKS = {"mlp": _mlp_task, "cnn": _cnn_task}
+
+
+def _train_step(tx, loss_fn: Callable, cric: bool) -> Callable:
+  def step(params, aux, opt_state, x, y):
+    (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(params, aux, x, y)
+    kw = {"value": loss} if cric else {}
+    upd, opt_state = tx.update(g, opt_state, params, **kw)
+    return optax.apply_updates(params, upd), aux, opt_state
   return jax.jit(step)
 
 
-def advance(step, params, bs, opt_state, batch, n):
-  for _ in range(n):
-    params, bs, opt_state, _ = step(params, bs, opt_state, *batch)
-  return params, bs, opt_state
+def _opt_step(tx, cric: bool) -> Callable:
+  def step(grads, opt_state, params):
+    kw = {"value": jnp.ones([], jnp.float32)} if cric else {}
+    upd, opt_state = tx.update(grads, opt_state, params, **kw)
+    return optax.apply_updates(params, upd), opt_state
+  return jax.jit(step)
 
 
-def bench_model(name, repeats, inner):
-  t_start = time.perf_counter()
-  params, bs, loss_fn, batch, space = make_task(name)
-  base = optax.adam(1e-3)
-  variants = {}
-  # plain optax
-  st = make_step(base, loss_fn, False)
-  variants["adam"] = (st, *advance(st, params, bs, base.init(params), batch, 3))
-  # HESSO: warmup 0, one period of 100 steps; count 0 selects, count 5 is mid-period
-  tx = hj.hesso(base, space, target_group_sparsity=0.5, warmup_steps=0, pruning_steps=100)
-  st = make_step(tx, loss_fn, False)
-  s0 = tx.init(params)
-  variants["hesso_select"] = (st, params, bs, s0)
-  variants["hesso_mid"] = (st, *advance(st, params, bs, s0, batch, 5))
-  # HESSO-CRIC: probing at count 2 (even: trial projection), cycle 0 at cycles_start + 3
-  cric = getattr(hj, "hesso_cric", None)
-  sched = None
-  if cric is not None:
-    kw = dict(target_group_sparsity=0.5, start_cric_step=0, sampling_steps=10,
-              max_cycle_period=3, hybrid_training_steps=20)
-    tx = cric(base, space, **kw)
-    sched = hj.optim.cric.cric_schedule(space, start_cric_step=0, sampling_steps=10,
-                                        max_cycle_period=3, hybrid_training_steps=20)
-    st = make_step(tx, loss_fn, True)
-    p, b, s = advance(st, params, bs, tx.init(params), batch, 2)
-    variants["cric_probe"] = (st, p, b, s)
-    p, b, s = advance(st, p, b, s, batch, sched["cycles_start"] + 3 - 2)
-    variants["cric_cycle"] = (st, p, b, s)
-  setup = time.perf_counter() - t_start
-  calls = {k: (lambda f=f, p=p, b=b, s=s: f(p, b, s, *batch)) for k, (f, p, b, s) in variants.items()}
+def _states_by_phase(tx, step, params, aux, batch, phase_of: Callable, limit: int) -> dict:
+  """Run the schedule; keep the first (params, aux, state) seen in each phase."""
+  st = tx.init(params)
+  found: dict[str, Any] = {}
+  for _ in range(limit):
+    ph = phase_of(st)
+    if ph is not None and ph not in found:
+      found[ph] = (params, aux, st)
+    params, aux, st = step(params, aux, st, *batch)
+  return found
+
+
+def _hesso_phase(st) -> str | None:
+  c, W, T = int(st.count), HESSO_KW["warmup_steps"], HESSO_KW["pruning_steps"] // 2
+  if c < W:
+    return "warmup"
+  if c >= W + 2 * T:
+    return "committed"
+  return "selection" if (c - W) % T == 0 else "forgetting"
+
+
+def _cric_phase_of(space):
+  sched = hj.optim.cric_schedule(space, **{k: v for k, v in CRIC_KW.items()
+                                           if k != "target_group_sparsity"})
+
+  def phase(st) -> str | None:
+    c, end = int(st.count), int(st.end)
+    if c < CRIC_KW["start_cric_step"]:
+      return "warmup"
+    if sched["cycles_start"] < c < end and (c - sched["cycles_start"]) % 3 != 0:
+      return "selection"
+    if end < c < end + CRIC_KW["hybrid_training_steps"] - 1:
+      return "forgetting"
+    if c > end + CRIC_KW["hybrid_training_steps"]:
+      return "committed"
+    return None
+
+  return phase, sched["latest_done"] + 4
+
+
+def bench_model(name: str, repeats: int, inner: int) -> tuple[list[dict], dict]:
+  t0 = time.perf_counter()
+  params, aux, loss_fn, batch, space = TASKS[name](jax.random.PRNGKey(0))
+  base = optax.sgd(1e-2, momentum=0.9)
+  grads = jax.grad(lambda p: loss_fn(p, aux, *batch)[0])(params)
+  calls: dict[str, Callable] = {}
+
+  def add(label, tx, cric, states):
+    tstep, ostep = _train_step(tx, loss_fn, cric), _opt_step(tx, cric)
+    for ph, (p, a, s) in states.items():
+      calls[f"{label}/{ph}/train"] = lambda f=tstep, p=p, a=a, s=s: f(p, a, s, *batch)
+      calls[f"{label}/{ph}/opt"] = lambda f=ostep, p=p, s=s: f(grads, s, p)
+
+  add("sgd", base, False, {"-": (params, aux, base.init(params))})
+  tx = hj.hesso(base, space, **HESSO_KW)
+  add("hesso", tx, False, _states_by_phase(tx, _train_step(tx, loss_fn, False), params, aux,
+                                           batch, _hesso_phase, 12))
+  cric = hj.hesso_cric(base, space, **CRIC_KW)
+  phase, limit = _cric_phase_of(space)
+  add("cric", cric, True, _states_by_phase(cric, _train_step(cric, loss_fn, True), params, aux,
+                                           batch, phase, limit))
+  setup = time.perf_counter() - t0
   times = interleaved(calls, repeats=repeats, inner=inner, warmup=3)
   rows = []
-  for k in variants:
-    r = paired_ratio(times[k], times["adam"])
-    rows.append({"model": name, "variant": k, "median_ms": 1e3 * float(np.median(times[k])),
-                 "ratio_vs_adam": r["median"], "q25": r["q25"], "q75": r["q75"],
+  for k in calls:
+    label, ph, kind = k.split("/")
+    if label == "sgd":
+      continue
+    r = paired_ratio(times[k], times[f"sgd/-/{kind}"])
+    rows.append({"model": name, "optimizer": label, "phase": ph, "measure": kind,
+                 "median_us": 1e6 * float(np.median(times[k])),
+                 "base_us": 1e6 * float(np.median(times[f"sgd/-/{kind}"])),
+                 "ratio": r["median"], "q25": r["q25"], "q75": r["q75"],
                  "min_ratio": r["min_ratio"]})
   n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
   return rows, {"params": n_params, "groups": space.num_groups,
-                "prunable_spaces": len(space.prunable_spaces), "cric_schedule": sched,
-                "setup_and_compile_s": setup, "timing_s": time.perf_counter() - t_start - setup}
+                "prunable_spaces": len(space.prunable_spaces),
+                "setup_and_compile_s": setup, "timing_s": time.perf_counter() - t0 - setup}
 
 
 def main(argv=None):
   ap = argparse.ArgumentParser()
-  ap.add_argument("--small", action="store_true")
+  ap.add_argument("--small", action="store_true", help="fewer repeats (a quick check)")
+  ap.add_argument("--models", default="mlp,cnn")
   a = ap.parse_args(argv)
-  repeats, inner = (15, 5) if a.small else (24, 8)
+  repeats, inner = (9, 5) if a.small else (25, 20)
   rows, info = [], {}
-  for name in ("digits_cnn", "char_gpt"):
+  for name in a.models.split(","):
     r, i = bench_model(name, repeats, inner)
     rows += r
     info[name] = i
   write_json("step", {"small": a.small, "repeats": repeats, "inner": inner, "models": info,
-                      "rows": rows})
-  print("\n== train step time (jit, grad + update), ratio to plain adam, interleaved ==")
-  print(table(rows, ["model", "variant", "median_ms", "ratio_vs_adam", "q25", "q75", "min_ratio"],
-              {"median_ms": "{:.3f}", "ratio_vs_adam": "{:.3f}", "q25": "{:.3f}", "q75": "{:.3f}",
-               "min_ratio": "{:.3f}"}))
+                      "hesso": HESSO_KW, "cric": CRIC_KW, "rows": rows})
+  cols = ["model", "optimizer", "phase", "measure", "median_us", "base_us", "ratio", "q25", "q75",
+          "min_ratio"]
+  fmt = {c: "{:.3f}" for c in ("ratio", "q25", "q75", "min_ratio")}
+  fmt.update(median_us="{:.0f}", base_us="{:.0f}")
+  print("\n== step time per phase, ratio to plain SGD(momentum) (interleaved medians) ==")
+  print(table(rows, cols, fmt))
+  wide = {}
+  for r in rows:
+    w = wide.setdefault((r["model"], r["optimizer"], r["phase"]),
+                        {"model": r["model"], "optimizer": r["optimizer"], "phase": r["phase"]})
+    w[r["measure"]] = r["ratio"]
+  print()
+  print(markdown_table(list(wide.values()), ["model", "optimizer", "phase", "opt", "train"],
+                       {"opt": "{:.2f}x", "train": "{:.2f}x"}))
   for k, i in info.items():
     print(f"{k}: setup+compile {i['setup_and_compile_s']:.1f} s, timing {i['timing_s']:.1f} s")
 

@@ -31,6 +31,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from hesso_jax.optim import find_pruning_states
+
 __all__ = [
     "save_checkpoint",
     "restore_checkpoint",
@@ -74,9 +76,7 @@ def _leaf_table(tree: Any) -> dict[str, list]:
 
 
 def _hesso_states(tree: Any) -> list:
-  from hesso_jax.optim.hesso import _find_states, _state_types
-
-  return _find_states(tree, _state_types())
+  return find_pruning_states(tree)
 
 
 def _state_summary(opt_state: Any) -> dict:

@@ -118,9 +118,7 @@ def sharded_setup(model, params, tx, mesh):
 
 
 def _the_state(state):
-  from hesso_jax.optim.hesso import _find_states, _state_types
-
-  return _find_states(state, _state_types())[0]
+  return hj.optim.find_pruning_states(state)[0]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -209,25 +209,27 @@ def test_missing_loss_and_bad_arguments_raise():
   tx = hj.hesso_cric(optax.sgd(0.1), space, **kw)
   st = tx.init(params)
   g = jax.grad(loss_fn)(params, X, Y)
-  with pytest.raises(ValueError, match="value=loss"):
+  with pytest.raises(TypeError, match="value=loss"):
     tx.update(g, st, params)
-  with pytest.raises(ValueError, match="params"):
+  with pytest.raises(TypeError, match="params"):
     tx.update(g, st, value=1.0)
   bad = [
-      (dict(sampling_steps=None), "sampling_steps"),
-      (dict(hybrid_training_steps=None), "hybrid_training_steps"),
-      (dict(sampling_steps=0), "sampling_steps"),
-      (dict(target_group_sparsity=1.2), "target_group_sparsity"),
-      (dict(start_cric_step=-1), "start_cric_step"),
-      (dict(max_cycle_period=0), "max_cycle_period"),
-      (dict(tolerance=-1), "tolerance"),
-      (dict(trial_sparsities=(0.5, 1.0)), "trial_sparsities"),
-      (dict(trial_sparsities=()), "trial_sparsities"),
-      (dict(importance={"loss": 1.0, "magnitudes": 1.0}), "unknown criterion"),
-      (dict(importance={"loss": 1.0}), "besides 'loss'"),
+      (dict(sampling_steps=None), TypeError, "sampling_steps"),
+      (dict(hybrid_training_steps=None), TypeError, "hybrid_training_steps"),
+      (dict(sampling_steps=0), ValueError, "sampling_steps"),
+      (dict(sampling_steps=2.5), TypeError, "sampling_steps"),
+      (dict(target_group_sparsity=1.2), ValueError, "target_group_sparsity"),
+      (dict(start_cric_step=-1), ValueError, "start_cric_step"),
+      (dict(max_cycle_period=0), ValueError, "max_cycle_period"),
+      (dict(tolerance=-1), ValueError, "tolerance"),
+      (dict(trial_sparsities=(0.5, 1.0)), ValueError, "trial_sparsities"),
+      (dict(trial_sparsities=()), ValueError, "trial_sparsities"),
+      (dict(trial_sparsities=0.5), TypeError, "trial_sparsities"),
+      (dict(importance={"loss": 1.0, "magnitudes": 1.0}), ValueError, "unknown criterion"),
+      (dict(importance={"loss": 1.0}), ValueError, "besides 'loss'"),
   ]
-  for over, match in bad:
-    with pytest.raises(ValueError, match=match):
+  for over, err, match in bad:
+    with pytest.raises(err, match=match):
       hj.hesso_cric(optax.sgd(0.1), space, **{**kw, **over})
   with pytest.raises(ValueError, match="l0/kernel"):
     tx.init({k: v for k, v in params.items() if k != "l0"})

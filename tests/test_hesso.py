@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import hesso_jax as hj
-from hesso_jax.optim.hesso import select_groups
+from hesso_jax.optim import select_groups
 from hesso_jax.space import SearchSpace
 from mlp_case import data, loss_fn, mlp
 
@@ -278,22 +278,29 @@ def test_zero_target_prunes_nothing_and_no_prunable_groups_is_fine():
 # --- validation --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(target_group_sparsity=1.0), "target_group_sparsity"),
-    (dict(target_group_sparsity=-0.1), "target_group_sparsity"),
-    (dict(pruning_periods=0), "pruning_periods"),
-    (dict(pruning_periods=5, pruning_steps=4), "pruning_periods"),
-    (dict(warmup_steps=-1), "warmup_steps"),
-    (dict(warmup_steps=1.5), "warmup_steps"),
-    (dict(pruning_steps=0, pruning_periods=1), "pruning_steps"),
-    (dict(multiple_of=0), "multiple_of"),
-    (dict(importance={"magnitude": 0.5, "taylor": 0.5}), "unknown criterion"),
+@pytest.mark.parametrize("kwargs,err,match", [
+    (dict(target_group_sparsity=1.0), ValueError, "target_group_sparsity"),
+    (dict(target_group_sparsity=-0.1), ValueError, "target_group_sparsity"),
+    (dict(target_group_sparsity="half"), TypeError, "target_group_sparsity"),
+    (dict(pruning_periods=0), ValueError, "pruning_periods"),
+    (dict(pruning_periods=5, pruning_steps=4), ValueError, "pruning_periods"),
+    (dict(warmup_steps=-1), ValueError, "warmup_steps"),
+    (dict(warmup_steps=1.5), TypeError, "warmup_steps"),
+    (dict(warmup_steps=True), TypeError, "warmup_steps"),
+    (dict(warmup_steps=None), TypeError, "warmup_steps"),
+    (dict(pruning_steps=jnp.ones(2)), TypeError, "pruning_steps"),
+    (dict(pruning_steps=0, pruning_periods=1), ValueError, "pruning_steps"),
+    (dict(multiple_of=0), ValueError, "multiple_of"),
+    (dict(importance={"magnitude": 0.5, "taylor": 0.5}), ValueError, "unknown criterion"),
+    (dict(importance={"magnitude": "big"}), TypeError, "importance"),
+    (dict(importance=[("magnitude", 1.0)]), TypeError, "importance"),
 ])
-def test_bad_hyperparameters_raise(kwargs, match):
+def test_bad_hyperparameters_raise(kwargs, err, match):
+  """Wrong types raise TypeError, wrong values ValueError, each naming the argument."""
   _, space = mlp()
   base = dict(target_group_sparsity=0.5, warmup_steps=0, pruning_steps=4)
   base.update(kwargs)
-  with pytest.raises(ValueError, match=match):
+  with pytest.raises(err, match=match):
     hj.hesso(optax.sgd(0.1), space, **base)
 
 
@@ -307,9 +314,9 @@ def test_space_mismatch_raises_at_init_naming_the_path():
   missing = {k: v for k, v in params.items() if k != "l0"}
   with pytest.raises(ValueError, match="l0/kernel"):
     tx.init(missing)
-  with pytest.raises(ValueError, match="params"):
+  with pytest.raises(TypeError, match="params"):
     tx.update(params, tx.init(params))
-  with pytest.raises(ValueError, match="SearchSpace"):
+  with pytest.raises(TypeError, match="SearchSpace"):
     hj.hesso(optax.sgd(0.1), "not a space", target_group_sparsity=0.5, warmup_steps=0,
              pruning_steps=2)
 

@@ -130,7 +130,7 @@ def test_magnitude_only_needs_no_direction_but_gradient_criteria_do():
   space, params, _ = _space_and_trees()
   s = sal.saliency(space, params, None, {"magnitude": 1.0})
   chex.assert_shape(s, (space.num_groups,))
-  with pytest.raises(ValueError, match="direction"):
+  with pytest.raises(TypeError, match="direction"):
     sal.saliency(space, params, None, {"taylor_first_order": 1.0})
 
 
@@ -138,5 +138,5 @@ def test_unknown_criterion_raises():
   space, params, direction = _space_and_trees()
   with pytest.raises(ValueError, match="unknown criterion"):
     sal.saliency(space, params, direction, {"magnitud": 1.0})
-  with pytest.raises(ValueError, match="must be a number"):
+  with pytest.raises(TypeError, match="must be a number"):
     sal.validate_importance({"magnitude": "big"})

@@ -1,0 +1,312 @@
+"""Pieces shared by :func:`hesso` and :func:`hesso_cric`: argument checks, schedule arithmetic,
+group ranking and selection, and the masked update that forgets and zeroes groups.
+
+Nothing here knows about a concrete optimizer state; both optimizers import this module and
+neither imports the other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from hesso_jax.space import PRODUCER, SearchSpace, leaves_with_paths, normalize_path
+
+__all__ = [
+    "check_int",
+    "check_space",
+    "check_sparsity",
+    "concrete",
+    "cond",
+    "decay_factor",
+    "is_params_placeholder",
+    "lowest_k",
+    "masked_updates",
+    "promote_updates",
+    "resolve_space",
+    "select_groups",
+    "target_num_groups",
+    "warn_if_unreachable",
+    "within_space_rank",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# argument checks: TypeError for a wrong type, ValueError for a wrong value
+# ----------------------------------------------------------------------------------------------
+
+
+def concrete(name: str, v: Any) -> Any:
+  """A Python scalar for a concrete number, or None for a tracer (e.g. injected hyper-params)."""
+  if isinstance(v, jax.core.Tracer):
+    return None
+  try:
+    a = np.asarray(v)
+  except Exception as e:  # pragma: no cover - exotic inputs
+    raise TypeError(f"{name} must be a number, got {type(v).__name__}") from e
+  if a.dtype.kind not in "biuf":
+    raise TypeError(f"{name} must be a number, got {v!r}")
+  if a.shape != ():
+    raise TypeError(f"{name} must be a scalar, got an array of shape {a.shape}")
+  return a.item()
+
+
+def check_int(name: str, v: ArrayLike | None, *, lo: int) -> None:
+  """``v`` is an integer (or a tracer) ``>= lo``; None (a missing required value) is a TypeError."""
+  if v is None:
+    raise TypeError(f"{name} is required (got None)")
+  c = concrete(name, v)
+  if c is None:
+    return
+  if isinstance(c, bool) or not float(c).is_integer():
+    raise TypeError(f"{name} must be an integer, got {v!r}")
+  if c < lo:
+    raise ValueError(f"{name} must be >= {lo}, got {v!r}")
+
+
+def check_sparsity(name: str, v: ArrayLike) -> None:
+  """``v`` is a number in [0, 1) (or a tracer)."""
+  c = concrete(name, v)
+  if c is None:
+    return
+  if isinstance(c, bool):
+    raise TypeError(f"{name} must be a number in [0, 1), got {v!r}")
+  if not 0.0 <= float(c) < 1.0:
+    raise ValueError(f"{name} must lie in [0, 1), got {v!r}")
+
+
+def check_space(space: Any) -> None:
+  if not isinstance(space, SearchSpace):
+    raise TypeError(f"space must be a hesso_jax.SearchSpace, got {type(space).__name__}")
+
+
+def warn_if_unreachable(space: SearchSpace, s: ArrayLike, multiple_of: ArrayLike) -> None:
+  """Warn when ``R`` exceeds what the per-space ``multiple_of`` caps allow to remove."""
+  cs, cm = concrete("target_group_sparsity", s), concrete("multiple_of", multiple_of)
+  if cs is None or cm is None or space.num_groups == 0:
+    return
+  R = int(math.floor(space.num_groups * min(float(cs), 0.999) * (1 + 1e-6)))
+  cap = sum(max(sp.size - int(cm), 0) for sp in space.prunable_spaces)
+  if R > cap:
+    warnings.warn(
+        f"target_group_sparsity={cs}: R={R} groups requested but at most {cap} can be removed "
+        f"while keeping >= multiple_of={cm} groups in every space; the final sparsity will be "
+        "lower", stacklevel=3)
+
+
+# ----------------------------------------------------------------------------------------------
+# params trees
+# ----------------------------------------------------------------------------------------------
+
+
+def is_params_placeholder(params: Any) -> bool:
+  """True for the leafless stand-in ``optax.tree_utils.tree_map_params`` passes to ``init``.
+
+  optax calls ``init`` with an instance of its private, leafless ``_ParamsPlaceholder`` pytree to
+  find the params-shaped parts of a state. Only a leafless pytree whose type comes from optax is
+  accepted as that placeholder, so a real tree missing its leaves still fails validation.
+  """
+  return (not jax.tree_util.tree_leaves(params)
+          and type(params).__module__.split(".")[0] == "optax")
+
+
+def resolve_space(space: SearchSpace, tree: Any) -> SearchSpace:
+  """Adapt member paths to ``tree``'s leaves when they differ only by a trailing ``'value'``.
+
+  flax.nnx states flatten to ``(..., 'kernel', 'value')`` while ``nnx.as_pure`` (what
+  ``nnx.Optimizer.update`` hands to the transformation) gives ``(..., 'kernel')``; a space written
+  for either works with both. Unmatched paths are left alone so ``validate`` can name them.
+  """
+  paths = {p for p, _ in leaves_with_paths(tree)}
+
+  def fix(p):
+    if p in paths:
+      return p
+    if p + ("value",) in paths:
+      return p + ("value",)
+    if p and p[-1] == "value" and p[:-1] in paths:
+      return p[:-1]
+    return p
+
+  changed = False
+  new_spaces = []
+  for s in space.channel_spaces:
+    ms = []
+    for m in s.members:
+      q = fix(m.path)
+      changed |= q != m.path
+      ms.append(dataclasses.replace(m, path=q) if q != m.path else m)
+    new_spaces.append(dataclasses.replace(s, members=tuple(ms)))
+  return SearchSpace(tuple(new_spaces)) if changed else space
+
+
+def cond(pred: jax.Array, true_fn: Callable, false_fn: Callable, operands: Any) -> Any:
+  """``lax.cond``, or a plain Python branch when ``pred`` is concrete (eager use).
+
+  Under ``jit`` the predicate is traced and ``lax.cond`` is used (one compiled step). Eagerly,
+  ``lax.cond`` would re-trace and re-compile its closures on every call.
+  """
+  if isinstance(pred, jax.core.Tracer):
+    return jax.lax.cond(pred, true_fn, false_fn, operands)
+  return true_fn(operands) if bool(pred) else false_fn(operands)
+
+
+# ----------------------------------------------------------------------------------------------
+# schedule arithmetic
+# ----------------------------------------------------------------------------------------------
+
+
+def target_num_groups(num_groups: int, target_group_sparsity: ArrayLike) -> jax.Array:
+  """int32 ``R = floor(G * min(s, 0.999))``, valid for a traced ``s``.
+
+  A relative tolerance of 1e-6 absorbs float32 representation error (``0.7`` is
+  ``0.69999999`` in float32), so ``R`` agrees with exact arithmetic, e.g. ``floor(10 * 0.7) = 7``.
+  """
+  s = jnp.clip(jnp.asarray(target_group_sparsity, jnp.float32), 0.0, 0.999)
+  return jnp.floor(num_groups * s * (1.0 + 1e-6)).astype(jnp.int32)
+
+
+def decay_factor(length: jax.Array, j: jax.Array) -> jax.Array:
+  """float32 ``(length-j-1)/(length-j)``: step ``j`` of a linear decay, 0 at ``j = length-1``."""
+  return (length - j - 1).astype(jnp.float32) / (length - j).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# ranking and selection (vectorised over groups)
+# ----------------------------------------------------------------------------------------------
+
+
+def within_space_rank(scores: jax.Array, space: SearchSpace) -> jax.Array:
+  """int32 (G,): rank of each group's score inside its own space (0 = lowest; ties by index)."""
+  G = space.num_groups
+  ids_np = space.space_ids()
+  offs_np = np.array(space.group_offsets, np.int32)
+  arange = jnp.arange(G, dtype=jnp.int32)
+  perm = jnp.lexsort((arange, jnp.asarray(scores), jnp.asarray(ids_np)))
+  pos_in_space = jnp.asarray(np.arange(G, dtype=np.int32) - offs_np[ids_np])  # static
+  return jnp.zeros((G,), jnp.int32).at[perm].set(pos_in_space)
+
+
+def lowest_k(scores: jax.Array, k: ArrayLike) -> jax.Array:
+  """bool (G,): the ``k`` lowest finite scores, globally (ties by index)."""
+  G = scores.shape[0]
+  sc = jnp.where(jnp.isfinite(scores), scores, jnp.inf)
+  order = jnp.argsort(sc, stable=True)
+  rank = jnp.zeros((G,), jnp.int32).at[order].set(jnp.arange(G, dtype=jnp.int32))
+  return jnp.isfinite(scores) & (rank < jnp.asarray(k, jnp.int32))
+
+
+def select_groups(scores: jax.Array, eligible: jax.Array, quota: ArrayLike, space: SearchSpace,
+                  removed: jax.Array, multiple_of: ArrayLike = 1) -> jax.Array:
+  """bool (G,): the ``quota`` lowest-``scores`` eligible groups, globally ranked, per-space capped.
+
+  * Only ``eligible`` groups with a finite score are candidates.
+  * Per space ``s`` with ``n_s`` groups of which ``removed`` already count ``r_s``, at most
+    ``n_s - m - r_s`` more are taken (at least ``m = multiple_of`` groups are always kept; a space
+    with ``n_s <= m`` is never pruned). Groups beyond the cap are not candidates, so the global
+    quota flows to other spaces.
+  * Then, per space, the kept count is rounded *up* to a multiple of ``m`` by dropping the
+    highest-scoring selected groups of that space (as the reference does; the shortfall stays
+    unpruned). A space left untouched keeps all ``n_s`` groups even when ``n_s % m != 0``.
+
+  All of this is vectorised (sorts + segment sums over static space ids); ``quota`` and
+  ``multiple_of`` may be traced.
+  """
+  G = space.num_groups
+  if G == 0:
+    return jnp.zeros((0,), bool)
+  S = len(space.prunable_spaces)
+  ids = jnp.asarray(space.space_ids())
+  sizes = jnp.asarray(np.array([s.size for s in space.prunable_spaces], np.int32))
+  m = jnp.maximum(jnp.asarray(multiple_of, jnp.int32), 1)
+
+  scores = jnp.asarray(scores, jnp.float32)
+  eligible = eligible & jnp.isfinite(scores)
+  within = within_space_rank(jnp.where(eligible, scores, jnp.inf), space)
+
+  removed_s = jax.ops.segment_sum(removed.astype(jnp.int32), ids, num_segments=S)
+  cap_s = jnp.maximum(sizes - m - removed_s, 0)
+  cand = eligible & (within < cap_s[ids])
+  sel = lowest_k(jnp.where(cand, scores, jnp.inf), quota)
+
+  # multiple_of: round each space's kept count up to a multiple of m (never above what it has).
+  a_s = jax.ops.segment_sum(sel.astype(jnp.int32), ids, num_segments=S)
+  have = sizes - removed_s
+  kept = have - a_s
+  rem = kept % m
+  kept2 = jnp.where(rem == 0, kept, jnp.minimum(have, kept - rem + m))
+  a2 = jnp.clip(have - kept2, 0, a_s)
+  return sel & (within < a2[ids])
+
+
+# ----------------------------------------------------------------------------------------------
+# the masked update
+# ----------------------------------------------------------------------------------------------
+
+
+def promote_updates(updates: Any, params: Any) -> Any:
+  """``updates`` with each leaf cast to ``result_type(u, x)``, the dtype :func:`masked_updates`
+  returns (a no-op when they agree), so both branches of a phase ``lax.cond`` have one type."""
+  return jax.tree_util.tree_map(lambda u, x: jnp.asarray(u).astype(jnp.result_type(u, x)),
+                                updates, params)
+
+
+def _producer_paths(space: SearchSpace) -> set:
+  return {m.path for s in space.prunable_spaces for m in s.members if m.role == PRODUCER}
+
+
+def masked_updates(updates: Any, params: Any, space: SearchSpace, *,
+                   forget: jax.Array | None = None, factor: ArrayLike | None = None,
+                   zero: jax.Array | None = None, restore: Any = None,
+                   restore_when: ArrayLike | None = None) -> Any:
+  """Per-element combination of the base updates with forgetting and zeroing.
+
+  For every element (producer slices of the space's groups)::
+
+      zero[g]      ->  -x                      (x + update == 0.0 exactly)
+      forget[g]    ->  (x + u) * factor - x    (new value (x + u) * factor)
+      otherwise    ->  u  (passed through unchanged by ``jnp.where``)
+
+  If ``restore`` (a tree like ``params``) is given, where ``restore_when`` is true ``u`` is first
+  replaced by ``restore - x`` for every element of every leaf (so forgetting then scales the
+  restored value, and the zero mask still applies on top).
+  The result dtype is ``result_type(u, x)`` (== u's dtype when they agree). Each leaf is one
+  elementwise expression (the (G,) masks are broadcast inside it), which XLA fuses into one pass.
+  """
+  G = space.num_groups
+  zero_t = space.group_mask_tree(zero, params) if (zero is not None and G) else None
+  forget_t = space.group_mask_tree(forget, params) if (forget is not None and G) else None
+  touched = _producer_paths(space)
+
+  flat_u, treedef = jax.tree_util.tree_flatten(updates)
+  n = len(flat_u)
+  flat_x = treedef.flatten_up_to(params)
+  flat_z = treedef.flatten_up_to(zero_t) if zero_t is not None else [None] * n
+  flat_f = treedef.flatten_up_to(forget_t) if forget_t is not None else [None] * n
+  flat_c = treedef.flatten_up_to(restore) if restore is not None else [None] * n
+  paths = [normalize_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(updates)[0]]
+
+  out = []
+  for path, u, x, z, f, c in zip(paths, flat_u, flat_x, flat_z, flat_f, flat_c, strict=True):
+    dt = jnp.result_type(u, x)
+    new = jnp.asarray(u).astype(dt)
+    xx = jnp.asarray(x).astype(dt)
+    if c is not None:
+      new = jnp.where(restore_when, (jnp.asarray(c).astype(dt) - xx), new)
+    if path in touched and f is not None:
+      cdt = jnp.promote_types(dt, jnp.float32)
+      fac = jnp.asarray(factor, cdt)
+      forgot = ((xx.astype(cdt) + new.astype(cdt)) * fac - xx.astype(cdt)).astype(dt)
+      new = jnp.where(f, forgot, new)
+    if path in touched and z is not None:
+      new = jnp.where(z, -xx, new)
+    out.append(new)
+  return jax.tree_util.tree_unflatten(treedef, out)

@@ -1,0 +1,162 @@
+"""The optimizer package as a library: optax.tree_map_params, complex parameters, module
+structure, and the cost structure of the compiled step (no extra full-size passes)."""
+
+import ast
+import pathlib
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import hesso_jax as hj
+from mlp_case import loss_fn, mlp
+
+X = jax.random.normal(jax.random.PRNGKey(1), (16, 4))
+Y = jax.random.normal(jax.random.PRNGKey(2), (16, 3))
+
+
+def _txs(space, base=None):
+  base = base or optax.adam(1e-3)
+  return {
+      "hesso": hj.hesso(base, space, target_group_sparsity=0.5, warmup_steps=1, pruning_steps=4),
+      "cric": hj.hesso_cric(base, space, target_group_sparsity=0.5, start_cric_step=1,
+                            sampling_steps=2, hybrid_training_steps=2),
+  }
+
+
+# --- optax.tree_utils.tree_map_params -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["hesso", "cric"])
+def test_tree_map_params_reaches_every_params_shaped_part(name):
+  params, space = mlp()
+  tx = _txs(space)[name]
+  state = tx.init(params)
+  mapped = optax.tree_utils.tree_map_params(tx, lambda x: ("P", x.shape), state,
+                                            transform_non_params=lambda x: ("S", np.shape(x)))
+  leaves = jax.tree_util.tree_leaves(mapped, is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2
+                                     and isinstance(x[0], str))
+  n_params = len(jax.tree_util.tree_leaves(params))
+  tagged = [t for t, _ in leaves]
+  # adam's mu and nu, plus CRIC's parameter cache
+  assert tagged.count("P") == n_params * (3 if name == "cric" else 2)
+  if name == "cric":
+    assert all(t == "P" for t, _ in jax.tree_util.tree_leaves(
+        mapped.cache, is_leaf=lambda x: isinstance(x, tuple) and isinstance(x[0], str)))
+  assert mapped.pruned == ("S", (space.num_groups,))
+  # the mapped state of a real array function is a well-formed state of the same structure
+  same = optax.tree_utils.tree_map_params(tx, lambda x: x * 1, state)
+  assert jax.tree_util.tree_structure(same) == jax.tree_util.tree_structure(state)
+
+
+@pytest.mark.parametrize("name", ["hesso", "cric"])
+def test_init_still_rejects_real_bad_trees(name):
+  params, space = mlp()
+  tx = _txs(space)[name]
+  with pytest.raises(ValueError, match="l0/kernel"):
+    tx.init({})
+  with pytest.raises(ValueError, match="l0/kernel"):
+    tx.init({k: v for k, v in params.items() if k != "l0"})
+
+
+# --- complex parameters -------------------------------------------------------------------------
+
+
+def test_complex_saliency_uses_the_modulus():
+  space = hj.SearchSpace((hj.ChannelSpace(3, (hj.AxisSlice(("w",), 0),)),))
+  x = {"w": jnp.array([10j, 0.1, 5], jnp.complex64)}
+  s = hj.saliency.saliency(space, x, None, {"magnitude": 1.0})
+  assert int(jnp.argmin(s)) == 1 and int(jnp.argmax(s)) == 0
+  raw = hj.saliency.raw_criteria(space, x, {"w": jnp.array([1j, 1, -1], jnp.complex64)})
+  # Re(x conj d): 10j * conj(1j) = 10, 0.1 * 1, 5 * -1
+  np.testing.assert_allclose(raw["taylor_first_order"], [10.0, 0.1, 5.0], rtol=1e-6)
+
+
+def test_complex_with_zero_imaginary_part_scores_exactly_like_real():
+  params, space = mlp()
+  d = jax.tree_util.tree_map(lambda a: 0.1 * jnp.sin(3 * a), params)
+  cplx = lambda t: jax.tree_util.tree_map(lambda a: a.astype(jnp.complex64), t)
+  for name in hj.CRITERIA:
+    w = {name: 1.0}
+    np.testing.assert_array_equal(hj.saliency.saliency(space, params, d, w),
+                                  hj.saliency.saliency(space, cplx(params), cplx(d), w))
+
+
+def test_hesso_prunes_complex_params_by_modulus_with_exact_zeros():
+  space = hj.SearchSpace((hj.ChannelSpace(3, (hj.AxisSlice(("w",), 1),)),))
+  params = {"w": jnp.array([[10j, 0.1, 5], [1j, 0.2, 1]], jnp.complex64)}
+  tx = hj.hesso(optax.sgd(0.01), space, target_group_sparsity=0.34, warmup_steps=0,
+                pruning_steps=2)
+  st = tx.init(params)
+  for _ in range(3):
+    u, st = tx.update(jax.tree_util.tree_map(jnp.zeros_like, params), st, params)
+    params = optax.apply_updates(params, u)
+  np.testing.assert_array_equal(hj.pruned_mask(st), [False, True, False])
+  assert params["w"].dtype == jnp.complex64
+  assert np.all(np.asarray(params["w"][:, 1]) == 0)
+
+
+# --- module structure ---------------------------------------------------------------------------
+
+OPTIM = pathlib.Path(hj.__file__).parent / "optim"
+
+
+def _imports(path):
+  tree = ast.parse(path.read_text())
+  out = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module:
+      out.add(node.module)
+      out.update(f"{node.module}.{a.name}" for a in node.names)
+    elif isinstance(node, ast.Import):
+      out.update(a.name for a in node.names)
+  return out
+
+
+def test_no_optimizer_module_imports_the_other():
+  hesso, cric = _imports(OPTIM / "_hesso.py"), _imports(OPTIM / "_cric.py")
+  assert not any("_cric" in m or m.endswith(".cric") for m in hesso)
+  assert not any("_hesso" in m for m in cric)
+  for f in ("_common.py", "_state.py", "_saliency.py"):
+    assert not any(("_hesso" in m or "_cric" in m) for m in _imports(OPTIM / f)), f
+
+
+def test_checkpoint_imports_only_public_optim_names():
+  mods = _imports(OPTIM.parent / "checkpoint.py")
+  optim = [m for m in mods if m.startswith("hesso_jax.optim")]
+  assert optim and all(not part.startswith("_") for m in optim for part in m.split(".")[2:])
+
+
+# --- the compiled step: no extra full-size passes -----------------------------------------------
+
+
+def _full_size_fusions(tx, params, value=False):
+  """Fusions in the entry computation of the jitted update+apply that produce a weight-shaped
+  array (each is one pass over that weight)."""
+  g = jax.tree_util.tree_map(jnp.ones_like, params)
+
+  def step(g, s, p):
+    u, s = tx.update(g, s, p, **({"value": jnp.float32(1.0)} if value else {}))
+    return optax.apply_updates(p, u), s
+
+  txt = jax.jit(step).lower(g, tx.init(params), params).compile().as_text()
+  entry = txt[txt.index("\nENTRY"):]
+  return len(re.findall(r"= f32\[(?:64,128|128,128)\]\S* (?:fusion|copy)\(", entry))
+
+
+def test_hesso_step_makes_no_more_full_size_passes_than_its_base():
+  params, space = mlp(dims=(64, 128, 128, 3))
+  base = optax.sgd(0.1, momentum=0.9)
+  tx = hj.hesso(base, space, target_group_sparsity=0.5, warmup_steps=1, pruning_steps=4)
+  assert _full_size_fusions(tx, params) == _full_size_fusions(base, params)
+
+
+def test_cric_step_adds_at_most_the_cache_pass():
+  params, space = mlp(dims=(64, 128, 128, 3))
+  base = optax.sgd(0.1, momentum=0.9)
+  tx = hj.hesso_cric(base, space, target_group_sparsity=0.5, sampling_steps=2,
+                     hybrid_training_steps=2)
+  assert _full_size_fusions(tx, params, value=True) <= _full_size_fusions(base, params) + 2
