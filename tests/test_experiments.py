@@ -18,6 +18,8 @@ from experiments import data as D  # noqa: E402
 from experiments import models as M  # noqa: E402
 from experiments import train as T  # noqa: E402
 
+CHANCE = 0.1  # ten classes in every classification task
+
 
 # ------------------------------------------------------------------------------------------------
 # data
@@ -207,13 +209,13 @@ def test_run_cli_dense_small(tmp_path, monkeypatch):
   monkeypatch.setenv("HESSO_JAX_RESULTS", str(tmp_path))
   from experiments import run
   r = run.run("mnist1d_mlp", "dense", steps=30, small=True, progress=False)
-  assert 0.0 <= r["accuracy"] <= 1.0 and r["steps"] == 30
+  assert r["accuracy"] > 2 * CHANCE and r["steps"] == 30  # 30 steps already learn something
   assert list((tmp_path / "mnist1d_mlp").glob("dense_*.json"))
   assert list((tmp_path / "mnist1d_mlp").glob("*.png"))
 
 
 # ------------------------------------------------------------------------------------------------
-# glue with the library (skipped while a piece has not landed)
+# glue with the library
 # ------------------------------------------------------------------------------------------------
 
 
@@ -237,11 +239,9 @@ def test_hand_written_spaces_match_discovery(task, shape):
 
 @pytest.mark.slow
 def test_run_cli_hesso_small(tmp_path, monkeypatch):
-  import hesso_jax as hj
-  if not hasattr(hj, "hesso"):
-    pytest.skip("hj.hesso has not landed")
   monkeypatch.setenv("HESSO_JAX_RESULTS", str(tmp_path))
   from experiments import run
   r = run.run("mnist1d_mlp", "hesso", 0.5, steps=30, small=True, progress=False)
   assert r["group_sparsity"] == 0.5 and r["params_kept"] < r["params_total"]
   assert r["history"]["group_sparsity"][-1] == 0.5
+  assert r["accuracy"] > 2 * CHANCE

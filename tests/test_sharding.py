@@ -31,7 +31,7 @@ def test_sharded_run_equals_one_device_run(res, kind):
   assert r["num_pruned_1dev"] == r["num_groups"] // 2, r   # the pruning actually happened
   assert r["masks_equal"], r
   assert r["num_pruned_sharded"] == r["num_pruned_1dev"], r
-  assert r["max_param_diff"] <= 1e-4, r
+  assert r["max_param_diff"] <= 1e-6, r  # only reduction order differs (2e-7 measured)
   assert r["zeros_exact"], r
 
 
@@ -123,4 +123,4 @@ def test_explicit_axes_mesh_equals_one_device_run(res, kind):
   assert r["w1_sharded"] and r["mask_replicated"], r
   assert r["num_pruned"] == r["num_groups"] // 2, r
   assert r["masks_equal"], r
-  assert r["max_param_diff"] <= 1e-4, r
+  assert r["max_param_diff"] <= 1e-6, r

@@ -31,6 +31,12 @@ def _normal(key, shape, scale=0.5):
   return scale * jax.random.normal(key, shape, jnp.float32)
 
 
+def _input(shape, seed):
+  """A random model input: every batch row (and position) differs, so a rule that confuses the
+  batch axis with a channel axis, or relies on constant inputs, shows up."""
+  return jax.random.normal(jax.random.PRNGKey(100 + seed), shape, jnp.float32)
+
+
 def _rand_tree(tree, key, scale=0.3):
   leaves, td = jax.tree_util.tree_flatten(tree)
   keys = jax.random.split(key, len(leaves))
@@ -75,7 +81,7 @@ class CNN(nn.Module):
 
 # --- CNN + BatchNorm: conv 8 + conv 16 + dense 32 = 56; Dense_1's 10 logits reach the output.
 def cnn_bn():
-  return _linen("cnn_bn", CNN(), jnp.ones((2, 8, 8, 1)) * 0.5, 56, (("Dense_1", "output"),))
+  return _linen("cnn_bn", CNN(), _input((2, 8, 8, 1), 1), 56, (("Dense_1", "output"),))
 
 
 class BasicBlock(nn.Module):
@@ -105,7 +111,7 @@ class ResNet(nn.Module):
 # --- ResNet basic blocks: stem+block0 stream (8, tied by the identity add) + block0 inner (8)
 #     + block1 inner (16) + block1 stream (16, conv2 tied to the projection by the add) = 48.
 def resnet_basic():
-  return _linen("resnet_basic", ResNet(), jnp.ones((2, 8, 8, 3)) * 0.5, 48, (("Dense_0", "output"),))
+  return _linen("resnet_basic", ResNet(), _input((2, 8, 8, 3), 2), 48, (("Dense_0", "output"),))
 
 
 class Bottleneck(nn.Module):
@@ -123,7 +129,7 @@ class Bottleneck(nn.Module):
 
 # --- ResNet bottleneck: stem 8 + 1x1 reduce 4 + 3x3 4 + expand/projection stream 16 = 32.
 def resnet_bottleneck():
-  return _linen("resnet_bottleneck", Bottleneck(), jnp.ones((2, 8, 8, 3)) * 0.5, 32,
+  return _linen("resnet_bottleneck", Bottleneck(), _input((2, 8, 8, 3), 3), 32,
                 (("Dense_0", "output"),))
 
 
@@ -143,7 +149,7 @@ class VGG(nn.Module):
 
 # --- VGG: 8 + 8 + 16 + 16 + 32 = 80.
 def vgg():
-  return _linen("vgg", VGG(), jnp.ones((2, 8, 8, 3)) * 0.5, 80, (("Dense_1", "output"),))
+  return _linen("vgg", VGG(), _input((2, 8, 8, 3), 4), 80, (("Dense_1", "output"),))
 
 
 class MobileNet(nn.Module):
@@ -159,7 +165,7 @@ class MobileNet(nn.Module):
 # --- depthwise-separable: the stem's 8 channels pass through the depthwise conv (one space of 8,
 #     the depthwise kernel is a producer too) + pointwise 16 = 24.
 def mobilenet():
-  return _linen("mobilenet", MobileNet(), jnp.ones((2, 8, 8, 3)) * 0.5, 24, (("Dense_0", "output"),))
+  return _linen("mobilenet", MobileNet(), _input((2, 8, 8, 3), 5), 24, (("Dense_0", "output"),))
 
 
 class DenseNet(nn.Module):
@@ -177,7 +183,7 @@ class DenseNet(nn.Module):
 # --- DenseNet concatenations: stem 8 + growth 4 + growth 4 + transition 8 = 24 (the BatchNorms on
 #     the concatenations are producers with offsets).
 def densenet():
-  return _linen("densenet", DenseNet(), jnp.ones((2, 8, 8, 3)) * 0.5, 24, (("Dense_0", "output"),))
+  return _linen("densenet", DenseNet(), _input((2, 8, 8, 3), 6), 24, (("Dense_0", "output"),))
 
 
 class ConvFlat(nn.Module):
@@ -191,7 +197,7 @@ class ConvFlat(nn.Module):
 
 # --- conv -> flatten -> dense: conv 6 (dense kernel input rows laid out outer=36) + dense 16 = 22.
 def conv_flatten_dense():
-  return _linen("conv_flatten_dense", ConvFlat(), jnp.ones((2, 8, 8, 2)) * 0.5, 22,
+  return _linen("conv_flatten_dense", ConvFlat(), _input((2, 8, 8, 2), 7), 22,
                 (("Dense_1", "output"),))
 
 
