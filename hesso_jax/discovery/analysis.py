@@ -377,37 +377,27 @@ def _path_matcher(ignore) -> Callable[[tuple], bool]:
   return lambda p: any(r.search(path_str(p)) for r in pats)
 
 
-def analyse(
-  fn,
-  variables,
-  *args,
-  ignore=None,
-  approximate: bool = False,
-  is_state: Callable[[tuple], bool] | None = None,
-  fold: bool = False,
-  **kwargs,
-) -> Analysis:
-  tr = trace(fn, variables, *args, is_state=is_state, **kwargs)
-  ctx = _Ctx(fold)
+def _input_atoms(ctx: _Ctx, tr: Traced) -> tuple[list, list]:
+  """Fresh atoms for every input axis; data inputs' axes are tied to the input (never channels)."""
   A = ctx.atoms
-  jaxpr = tr.closed.jaxpr
-  in_atoms, in_src = [], []
-  for k, v in enumerate(jaxpr.invars):
+  in_atoms: list = []
+  in_src: list = []
+  for k, v in enumerate(tr.closed.jaxpr.invars):
     shp = R.shape_of(v)
     if k < tr.num_var_leaves:
       in_atoms.append(tuple(A.new(d) for d in shp))
       in_src.append((k, {ax: ax for ax in range(len(shp))}))
     else:
       in_atoms.append(tuple(A.new(d, ("input", "tied to the function's data input")) for d in shp))
-      in_src.append(None)  # type: ignore[arg-type]
-  visit, outs = _walk_atoms(ctx, jaxpr, in_atoms, in_src)
-  for o in outs:
-    A.mark_all(o, "output", "reaches the function's output")
-  A.freeze()
+      in_src.append(None)
+  return in_atoms, in_src
 
+
+def _roles(ctx: _Ctx, tr: Traced) -> dict[tuple[int, int], str]:
+  """(variable leaf, axis) -> producer / consumer / state."""
   roles: dict[tuple[int, int], str] = {}
   for k in range(tr.num_var_leaves):
-    for ax in range(len(R.shape_of(jaxpr.invars[k]))):
+    for ax in range(len(R.shape_of(tr.closed.jaxpr.invars[k]))):
       if tr.var_is_state[k]:
         roles[(k, ax)] = STATE
       elif (k, ax) in ctx.contracted and (k, ax) not in ctx.looked_up:
@@ -416,21 +406,25 @@ def analyse(
         roles[(k, ax)] = CONSUMER
       else:
         roles[(k, ax)] = PRODUCER
+  return roles
 
+
+def _zero_inputs(ctx: _Ctx, tr: Traced, in_atoms: list, roles: dict) -> list:
+  """The value pass's inputs: variables are zero where their producer axes' channels are."""
+  A = ctx.atoms
   zin = []
-  for k, _v in enumerate(jaxpr.invars):
+  for k in range(len(tr.closed.jaxpr.invars)):
     if k < tr.num_var_leaves:
-      zin.append(
-        _indep_val(
-          ctx,
-          in_atoms[k],
-          A.leafset([a for ax, a in enumerate(in_atoms[k]) if roles[(k, ax)] == PRODUCER]),
-        )
-      )
+      prod = [a for ax, a in enumerate(in_atoms[k]) if roles[(k, ax)] == PRODUCER]
+      zin.append(_indep_val(ctx, in_atoms[k], A.leafset(prod)))
     else:
       zin.append(V.BOTTOM)  # data inputs: nothing known, input-dependent
-  _walk_zeros(ctx, visit, zin)
+  return zin
 
+
+def _members(ctx: _Ctx, tr: Traced, in_atoms: list, roles: dict, ignore) -> tuple[dict, dict]:
+  """Channel leaf -> its member axis slices, and the leaves touched by ignored paths."""
+  A = ctx.atoms
   ignored = _path_matcher(ignore)
   members: dict[int, list[AxisSlice]] = {}
   ignored_leaves: dict[int, str] = {}
@@ -439,29 +433,25 @@ def analyse(
     for ax, a in enumerate(in_atoms[k]):
       for leaf, off, width, outer, inner in A.axis_members(a):
         n = A.size[leaf]
-        m = AxisSlice(
-          path,
-          ax,
-          roles[(k, ax)],
-          offset=off,
-          width=None if (width == n and off == 0) else width,
-          outer=outer,
-          inner=inner,
-        )
+        width = None if (width == n and off == 0) else width
+        m = AxisSlice(path, ax, roles[(k, ax)], offset=off, width=width, outer=outer, inner=inner)
         members.setdefault(leaf, []).append(m)
         if ignored(path):
           ignored_leaves.setdefault(leaf, path_str(path))
+  return members, ignored_leaves
+
+
+def _verdicts(ctx: _Ctx, members: dict, ignored_leaves: dict, approximate: bool) -> tuple:
+  """One ChannelSpace per channel leaf (with its verdict and reasons), and the leaves."""
+  A = ctx.atoms
   bad = A.inherited_bad()
   used = A.leafset(ctx.produced)
   spaces, leaves = [], []
   for leaf, ms in members.items():
     n = A.size[leaf]
-    reasons = [
-      msg
-      for code, msg in _by_cause(bad.get(leaf, []))
-      if not (approximate and code in APPROXIMATE_CODES)
-    ]
-    if n <= 1 or any(code in NOT_CHANNEL_CODES for code, _ in bad.get(leaf, [])):
+    codes = bad.get(leaf, [])
+    reasons = [m for c, m in _by_cause(codes) if not (approximate and c in APPROXIMATE_CODES)]
+    if n <= 1 or any(code in NOT_CHANNEL_CODES for code, _ in codes):
       continue  # not a channel axis at all (spatial, window, stacked layers)
     if leaf in ignored_leaves:
       reasons.append(f"ignored by the user (matches {ignored_leaves[leaf]})")
@@ -472,7 +462,7 @@ def analyse(
         reasons.append(
           "never read by the traced function (e.g. positions beyond the traced length)"
         )
-    approx = approximate and any(code in APPROXIMATE_CODES for code, _ in bad.get(leaf, []))
+    approx = approximate and any(code in APPROXIMATE_CODES for code, _ in codes)
     name = _space_name(ms) + (" (approximate)" if approx and not reasons else "")
     if leaf in ctx.folds and not reasons:
       name += " (exact, folded)"
@@ -480,12 +470,42 @@ def analyse(
       ChannelSpace(n, tuple(ms), prunable=not reasons, reason="; ".join(reasons), name=name)
     )
     leaves.append(leaf)
+  return spaces, leaves
+
+
+def analyse(
+  fn,
+  variables,
+  *args,
+  ignore=None,
+  approximate: bool = False,
+  is_state: Callable[[tuple], bool] | None = None,
+  fold: bool = False,
+  **kwargs,
+) -> Analysis:
+  """Trace ``fn``, unify axes into channel atoms, run the value pass and give every space a verdict.
+
+  The pipeline is :func:`_input_atoms` -> atom walk (rules' ``atoms``) -> :func:`_roles` ->
+  value pass (rules' ``zeros``, :mod:`hesso_jax.discovery.values`) -> :func:`_members` ->
+  :func:`_verdicts`. :func:`discover` returns the resulting search space.
+  """
+  tr = trace(fn, variables, *args, is_state=is_state, **kwargs)
+  ctx = _Ctx(fold)
+  in_atoms, in_src = _input_atoms(ctx, tr)
+  visit, outs = _walk_atoms(ctx, tr.closed.jaxpr, in_atoms, in_src)
+  for o in outs:
+    ctx.atoms.mark_all(o, "output", "reaches the function's output")
+  ctx.atoms.freeze()
+  roles = _roles(ctx, tr)
+  _walk_zeros(ctx, visit, _zero_inputs(ctx, tr, in_atoms, roles))
+  members, ignored_leaves = _members(ctx, tr, in_atoms, roles, ignore)
+  spaces, leaves = _verdicts(ctx, members, ignored_leaves, approximate)
   folds = {
     leaf: ctx.folds[leaf]
     for leaf, s in zip(leaves, spaces, strict=True)
     if s.prunable and leaf in ctx.folds
   }
-  return Analysis(tr, visit, A, SearchSpace(tuple(spaces)), tuple(leaves), folds)
+  return Analysis(tr, visit, ctx.atoms, SearchSpace(tuple(spaces)), tuple(leaves), folds)
 
 
 # Where several causes merge on one space, the first listed is the root one: what the axis *is*

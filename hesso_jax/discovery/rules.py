@@ -16,8 +16,8 @@ unprunable with a reason naming the primitive. Never a crash, never a wrong spac
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -26,9 +26,30 @@ from hesso_jax import _jaxpr as J
 ALL = "ALL"  # zero-set of a literal 0: zero along everything
 
 
+class AtomsRule(Protocol):
+  """Structural pass: unify the axes of ``eqn``'s operands and return its outputs' atoms.
+
+  ``ins`` holds one tuple of atoms (one per axis) per operand; the result is one tuple per output.
+  """
+
+  def __call__(self, ctx: Any, eqn: Any, ins: Sequence[tuple]) -> list: ...
+
+
+class ZerosRule(Protocol):
+  """Value pass: from the operands' values (``zin``) return the outputs' values.
+
+  A value says where the result is exactly zero (and what is known besides) when the producers
+  of the channels in it are zero; see :mod:`hesso_jax.discovery.values`.
+  """
+
+  def __call__(self, ctx: Any, eqn: Any, zin: list, ins: Sequence[tuple], outs: list) -> list: ...
+
+
 class Rule(NamedTuple):
-  atoms: Callable
-  zeros: Callable
+  """How discovery treats one primitive: its structural and its value rule."""
+
+  atoms: AtomsRule
+  zeros: ZerosRule
 
 
 RULES: dict[str, Rule] = {}

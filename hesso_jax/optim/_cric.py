@@ -438,35 +438,10 @@ def hesso_cric(
   )
 
   def init_fn(params):
-    if not cm.is_params_placeholder(params):
-      cm.resolve_space(space, params).validate(params)
-    zeros_b = jnp.zeros((G,), bool)
-    return CricState(
-      count=jnp.zeros([], jnp.int32),
-      redundant=zeros_b,
-      pruned=zeros_b,
-      active=zeros_b,
-      trial=zeros_b,
-      historical=zeros_b,
-      score_sum=jnp.zeros((G,), jnp.float32),
-      score_count=jnp.zeros((G,), jnp.int32),
-      loss_ratio=jnp.zeros((N, L), jnp.float32),
-      ref_loss=jnp.zeros([], jnp.float32),
-      end=jnp.asarray(_NOT_YET, jnp.int32),
-      cache=jax.tree_util.tree_map(jnp.array, params),
-      base_state=base.init(params),
-    )
+    return _init_state(space, base, params, num_trials=(N, L))
 
   def update_fn(updates, state, params=None, *, value=None, value_fn=None, **extra_args):
-    if params is None:
-      raise TypeError(
-        "hesso_cric: update() needs params (tx.update(grads, state, params, value=loss))"
-      )
-    if value is None and value_fn is None:
-      raise TypeError(
-        "hesso_cric: update() needs the loss: tx.update(grads, state, params, "
-        "value=loss) or value_fn=lambda p: loss_fn(p, batch)"
-      )
+    _require_loss(params, value, value_fn)
     if value is not None:
       extra_args = {**extra_args, "value": value}
     u, base_state = base.update(updates, state.base_state, params, **extra_args)
@@ -499,6 +474,42 @@ def hesso_cric(
     return out, small._replace(count=count, cache=cache, base_state=base_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _init_state(space: SearchSpace, base: Any, params: Any, *, num_trials: tuple[int, int]):
+  """A fresh :class:`CricState` (``num_trials`` = (probed spaces, trial sparsities))."""
+  if not cm.is_params_placeholder(params):
+    cm.resolve_space(space, params).validate(params)
+  G = space.num_groups
+  zeros_b = jnp.zeros((G,), bool)
+  return CricState(
+    count=jnp.zeros([], jnp.int32),
+    redundant=zeros_b,
+    pruned=zeros_b,
+    active=zeros_b,
+    trial=zeros_b,
+    historical=zeros_b,
+    score_sum=jnp.zeros((G,), jnp.float32),
+    score_count=jnp.zeros((G,), jnp.int32),
+    loss_ratio=jnp.zeros(num_trials, jnp.float32),
+    ref_loss=jnp.zeros([], jnp.float32),
+    end=jnp.asarray(_NOT_YET, jnp.int32),
+    cache=jax.tree_util.tree_map(jnp.array, params),
+    base_state=base.init(params),
+  )
+
+
+def _require_loss(params: Any, value: Any, value_fn: Any) -> None:
+  """CRIC's update needs the parameters and the loss (``value=`` or ``value_fn=``)."""
+  if params is None:
+    raise TypeError(
+      "hesso_cric: update() needs params (tx.update(grads, state, params, value=loss))"
+    )
+  if value is None and value_fn is None:
+    raise TypeError(
+      "hesso_cric: update() needs the loss: tx.update(grads, state, params, "
+      "value=loss) or value_fn=lambda p: loss_fn(p, batch)"
+    )
 
 
 def _check_args(
