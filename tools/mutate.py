@@ -61,88 +61,190 @@ class Mutation:
 
 
 MUTATIONS = (
-    # --- HESSO: saliency, selection, schedule ----------------------------------------------------
-    Mutation("saliency_sign", "HESSO scores with d = u instead of d = -u",
-             "d = jax.tree_util.tree_map(lambda a: -a, uu)",
-             "d = jax.tree_util.tree_map(lambda a: a, uu)", tuple(OPTIM),
-             (("as for the base optimizer alone.\n"
-               "      uu, _ = base.update(updates, state.base_state, params, **extra_args)\n"
-               "      return jax.tree_util.tree_map(jnp.negative,",
-               "as for the base optimizer alone.\n"
-               "      uu, _ = base.update(updates, state.base_state, params, **extra_args)\n"
-               "      return jax.tree_util.tree_map(lambda a: a,"),)),
-    Mutation("saliency_normalisation", "criteria divided by their max instead of their L2 norm",
-             "return v / jnp.where(m > 0, norm, 1.0)", "return v / jnp.where(m > 0, m, 1.0)",
-             tuple(OPTIM)),
-    Mutation("avg_magnitude_size", "avg_magnitude not divided by the group size",
-             "return jnp.sqrt(st.xx) / st.size", "return jnp.sqrt(st.xx)", tuple(OPTIM)),
-    Mutation("cosine_offset", "cosine_similarity without its + 1 offset",
-             "st.xd / (jnp.sqrt(st.xx) * jnp.sqrt(st.dd) + eps) + 1.0",
-             "st.xd / (jnp.sqrt(st.xx) * jnp.sqrt(st.dd) + eps)", tuple(OPTIM)),
-    Mutation("forgetting_factor", "forgetting factor (T-j-1)/T instead of (T-j-1)/(T-j)",
-             "factor = (T - j - 1).astype(jnp.float32) / (T - j).astype(jnp.float32)",
-             "factor = (T - j - 1).astype(jnp.float32) / T.astype(jnp.float32)", tuple(OPTIM),
-             (("return (length - j - 1).astype(jnp.float32) / (length - j).astype(jnp.float32)",
-               "return (length - j - 1).astype(jnp.float32) / length.astype(jnp.float32)"),)),
-    Mutation("zero_mask", "pruned groups no longer held at exactly zero",
-             "new = jnp.where(z, -xx, new)", "new = jnp.where(z, new, new)", tuple(OPTIM)),
-    Mutation("quota_per_period", "cumulative period target (R//K + 1)*(k+1) instead of (R//K)*(k+1)",
-             "through_k = jnp.where(k < K - 1, (R // K) * (k + 1), R)",
-             "through_k = jnp.where(k < K - 1, (R // K + 1) * (k + 1), R)", tuple(OPTIM),
-             (("(R // sched.K) * (sched.k + 1), R)", "(R // sched.K + 1) * (sched.k + 1), R)"),)),
-    Mutation("space_cap", "a space may lose all its groups (no multiple_of groups kept)",
-             "cap_s = jnp.maximum(sizes - m - removed_s, 0)",
-             "cap_s = jnp.maximum(sizes - removed_s, 0)", tuple(OPTIM)),
-    Mutation("target_rounding", "R = floor(G * s) without the float32 tolerance (10 * 0.7 -> 6)",
-             "jnp.floor(num_groups * s * (1.0 + 1e-6))", "jnp.floor(num_groups * s)", tuple(OPTIM)),
-    Mutation("multiple_of_rounding", "kept count rounded down instead of up to a multiple",
-             "kept2 = jnp.where(rem == 0, kept, jnp.minimum(have, kept - rem + m))",
-             "kept2 = jnp.where(rem == 0, kept, jnp.maximum(kept - rem, 0))", tuple(OPTIM)),
-    # --- HESSO-CRIC --------------------------------------------------------------------------------
-    Mutation("cric_restore", "CRIC never restores the cache at cycle boundaries / termination",
-             "restore_now = meas | boundary", "restore_now = meas", tuple(CRIC),
-             (("restore_when=ph.meas | ph.boundary)", "restore_when=ph.meas)"),)),
-    Mutation("cric_loss_criterion", "CRIC's final ranking ignores the probes' loss criterion",
-             "final = mean_score + loss_w * loss_criterion(",
-             "final = mean_score + 0.0 * loss_criterion(", tuple(CRIC),
-             (("final = mean_score + loss_weight * unit * cost",
-               "final = mean_score + 0.0 * unit * cost"),)),
-    # --- discovery rules ---------------------------------------------------------------------------
-    Mutation("literal_is_zero", "every literal is treated as zero (relu(x @ W + 1.0) prunable)",
-             "return bool(np.all(np.asarray(val) == 0))", "return True", tuple(DISCOVERY)),
-    Mutation("add_verdict", "add/sub/max/min zero where ANY operand is zero (like mul)",
-             '"add", "sub", "max", "min", "add_any", "or", "xor")(Rule(_nary_atoms, _add_like_zeros))',
-             '"add", "sub", "max", "min", "add_any", "or", "xor")(Rule(_nary_atoms, _mul_like_zeros))',
-             tuple(DISCOVERY)),
-    Mutation("max_verdict", "max alone treated like mul (max(h, 0.5) zero where h is)",
-             'register("add", "sub", "max", "min", "add_any", "or", "xor")(Rule(_nary_atoms, '
-             '_add_like_zeros))',
-             'register("add", "sub", "min", "add_any", "or", "xor")(Rule(_nary_atoms, '
-             '_add_like_zeros))\nregister("max")(Rule(_nary_atoms, _mul_like_zeros))',
-             tuple(DISCOVERY)),
-    Mutation("mul_verdict", "mul never keeps an operand's zeros (gated hidden units unprunable)",
-             "    out |= set(z)\n  return [frozenset(out)]",
-             "    out &= set(z)\n  return [frozenset(out)]", tuple(DISCOVERY)),
-    Mutation("dot_general_verdict", "dot_general may contract channels that are not zero",
-             '_contract_check(ctx, eqn, zin[0], zin[1], ctx.atoms.leafset([la[i] for i in lc]), '
-             '"dot_general")', "pass", tuple(DISCOVERY)),
-    Mutation("conv_verdict", "conv may contract input channels that are not zero",
-             '_contract_check(ctx, eqn, zin[0], zin[1], rin_leaves, "conv_general_dilated")', "pass",
-             tuple(DISCOVERY)),
-    Mutation("reshape_verdict", "reshape drops the zero-set (conv -> flatten -> dense unprunable)",
-             'register("reshape")(Rule(_reshape_atoms, _keep_zeros))',
-             'register("reshape")(Rule(_reshape_atoms, no_zeros))', tuple(DISCOVERY)),
-    Mutation("concatenate_verdict", "concatenate drops the zero-set (DenseNet groups unprunable)",
-             "    if ok:\n      out.add(leaf)", "    if ok:\n      pass", tuple(DISCOVERY)),
-    # --- surgery -----------------------------------------------------------------------------------
-    Mutation("prune_keep_slice", "prune keeps the first k channels instead of the kept ones",
-             "jnp.take(jnp.asarray(x), jnp.asarray(np.flatnonzero(mask)), axis=a)",
-             "jnp.take(jnp.asarray(x), jnp.asarray(np.arange(int(mask.sum()))), axis=a)",
-             ("tests/test_prune.py",)),
-    Mutation("compress_keep_slice", "compress keeps the first k channels instead of the kept ones",
-             "x = jax.numpy.take(x, np.nonzero(m)[0], axis=ax)",
-             "x = jax.numpy.take(x, np.arange(int(m.sum())), axis=ax)",
-             ("tests/test_compress_control_flow.py", "tests/test_compress.py")),
+  # --- HESSO: saliency, selection, schedule ----------------------------------------------------
+  Mutation(
+    "saliency_sign",
+    "HESSO scores with d = u instead of d = -u",
+    "d = jax.tree_util.tree_map(lambda a: -a, uu)",
+    "d = jax.tree_util.tree_map(lambda a: a, uu)",
+    tuple(OPTIM),
+    (
+      (
+        "as for the base optimizer alone.\n"
+        "      uu, _ = base.update(updates, state.base_state, params, **extra_args)\n"
+        "      return jax.tree_util.tree_map(jnp.negative,",
+        "as for the base optimizer alone.\n"
+        "      uu, _ = base.update(updates, state.base_state, params, **extra_args)\n"
+        "      return jax.tree_util.tree_map(lambda a: a,",
+      ),
+    ),
+  ),
+  Mutation(
+    "saliency_normalisation",
+    "criteria divided by their max instead of their L2 norm",
+    "return v / jnp.where(m > 0, norm, 1.0)",
+    "return v / jnp.where(m > 0, m, 1.0)",
+    tuple(OPTIM),
+  ),
+  Mutation(
+    "avg_magnitude_size",
+    "avg_magnitude not divided by the group size",
+    "return jnp.sqrt(st.xx) / st.size",
+    "return jnp.sqrt(st.xx)",
+    tuple(OPTIM),
+  ),
+  Mutation(
+    "cosine_offset",
+    "cosine_similarity without its + 1 offset",
+    "st.xd / (jnp.sqrt(st.xx) * jnp.sqrt(st.dd) + eps) + 1.0",
+    "st.xd / (jnp.sqrt(st.xx) * jnp.sqrt(st.dd) + eps)",
+    tuple(OPTIM),
+  ),
+  Mutation(
+    "forgetting_factor",
+    "forgetting factor (T-j-1)/T instead of (T-j-1)/(T-j)",
+    "factor = (T - j - 1).astype(jnp.float32) / (T - j).astype(jnp.float32)",
+    "factor = (T - j - 1).astype(jnp.float32) / T.astype(jnp.float32)",
+    tuple(OPTIM),
+    (
+      (
+        "return (length - j - 1).astype(jnp.float32) / (length - j).astype(jnp.float32)",
+        "return (length - j - 1).astype(jnp.float32) / length.astype(jnp.float32)",
+      ),
+    ),
+  ),
+  Mutation(
+    "zero_mask",
+    "pruned groups no longer held at exactly zero",
+    "new = jnp.where(z, -xx, new)",
+    "new = jnp.where(z, new, new)",
+    tuple(OPTIM),
+  ),
+  Mutation(
+    "quota_per_period",
+    "cumulative period target (R//K + 1)*(k+1) instead of (R//K)*(k+1)",
+    "through_k = jnp.where(k < K - 1, (R // K) * (k + 1), R)",
+    "through_k = jnp.where(k < K - 1, (R // K + 1) * (k + 1), R)",
+    tuple(OPTIM),
+    (("(R // sched.K) * (sched.k + 1), R)", "(R // sched.K + 1) * (sched.k + 1), R)"),),
+  ),
+  Mutation(
+    "space_cap",
+    "a space may lose all its groups (no multiple_of groups kept)",
+    "cap_s = jnp.maximum(sizes - m - removed_s, 0)",
+    "cap_s = jnp.maximum(sizes - removed_s, 0)",
+    tuple(OPTIM),
+  ),
+  Mutation(
+    "target_rounding",
+    "R = floor(G * s) without the float32 tolerance (10 * 0.7 -> 6)",
+    "jnp.floor(num_groups * s * (1.0 + 1e-6))",
+    "jnp.floor(num_groups * s)",
+    tuple(OPTIM),
+  ),
+  Mutation(
+    "multiple_of_rounding",
+    "kept count rounded down instead of up to a multiple",
+    "kept2 = jnp.where(rem == 0, kept, jnp.minimum(have, kept - rem + m))",
+    "kept2 = jnp.where(rem == 0, kept, jnp.maximum(kept - rem, 0))",
+    tuple(OPTIM),
+  ),
+  # --- HESSO-CRIC --------------------------------------------------------------------------------
+  Mutation(
+    "cric_restore",
+    "CRIC never restores the cache at cycle boundaries / termination",
+    "restore_now = meas | boundary",
+    "restore_now = meas",
+    tuple(CRIC),
+    (
+      ("restore_when=ph.meas | ph.boundary)", "restore_when=ph.meas)"),
+      ("restore_when=ph.meas | ph.boundary,", "restore_when=ph.meas,"),
+    ),
+  ),
+  Mutation(
+    "cric_loss_criterion",
+    "CRIC's final ranking ignores the probes' loss criterion",
+    "final = mean_score + loss_w * loss_criterion(",
+    "final = mean_score + 0.0 * loss_criterion(",
+    tuple(CRIC),
+    (("final = mean_score + loss_weight * unit * cost", "final = mean_score + 0.0 * unit * cost"),),
+  ),
+  # --- discovery rules ---------------------------------------------------------------------------
+  Mutation(
+    "literal_is_zero",
+    "every literal is treated as zero (relu(x @ W + 1.0) prunable)",
+    "return bool(np.all(np.asarray(val) == 0))",
+    "return True",
+    tuple(DISCOVERY),
+  ),
+  Mutation(
+    "add_verdict",
+    "add/sub/max/min zero where ANY operand is zero (like mul)",
+    '"add", "sub", "max", "min", "add_any", "or", "xor")(Rule(_nary_atoms, _add_like_zeros))',
+    '"add", "sub", "max", "min", "add_any", "or", "xor")(Rule(_nary_atoms, _mul_like_zeros))',
+    tuple(DISCOVERY),
+  ),
+  Mutation(
+    "max_verdict",
+    "max alone treated like mul (max(h, 0.5) zero where h is)",
+    'register("add", "sub", "max", "min", "add_any", "or", "xor")(Rule(_nary_atoms, '
+    "_add_like_zeros))",
+    'register("add", "sub", "min", "add_any", "or", "xor")(Rule(_nary_atoms, '
+    '_add_like_zeros))\nregister("max")(Rule(_nary_atoms, _mul_like_zeros))',
+    tuple(DISCOVERY),
+  ),
+  Mutation(
+    "mul_verdict",
+    "mul never keeps an operand's zeros (gated hidden units unprunable)",
+    "    out |= set(z)\n  return [frozenset(out)]",
+    "    out &= set(z)\n  return [frozenset(out)]",
+    tuple(DISCOVERY),
+  ),
+  Mutation(
+    "dot_general_verdict",
+    "dot_general may contract channels that are not zero",
+    "_contract_check(\n"
+    '    ctx, eqn, zin[0], zin[1], ctx.atoms.leafset([la[i] for i in lc]), "dot_general", fold=True\n'
+    "  )",
+    "pass",
+    tuple(DISCOVERY),
+  ),
+  Mutation(
+    "conv_verdict",
+    "conv may contract input channels that are not zero",
+    '_contract_check(ctx, eqn, zin[0], zin[1], rin_leaves, "conv_general_dilated")',
+    "pass",
+    tuple(DISCOVERY),
+  ),
+  Mutation(
+    "reshape_verdict",
+    "reshape drops the zero-set (conv -> flatten -> dense unprunable)",
+    'register("reshape")(Rule(_reshape_atoms, _keep_zeros))',
+    'register("reshape")(Rule(_reshape_atoms, no_zeros))',
+    tuple(DISCOVERY),
+  ),
+  Mutation(
+    "concatenate_verdict",
+    "concatenate drops the zero-set (DenseNet groups unprunable)",
+    "    if ok:\n      out.add(leaf)",
+    "    if ok:\n      pass",
+    tuple(DISCOVERY),
+  ),
+  # --- surgery -----------------------------------------------------------------------------------
+  Mutation(
+    "prune_keep_slice",
+    "prune keeps the first k channels instead of the kept ones",
+    "jnp.take(jnp.asarray(x), jnp.asarray(np.flatnonzero(mask)), axis=a)",
+    "jnp.take(jnp.asarray(x), jnp.asarray(np.arange(int(mask.sum()))), axis=a)",
+    ("tests/test_prune.py",),
+  ),
+  Mutation(
+    "compress_keep_slice",
+    "compress keeps the first k channels instead of the kept ones",
+    "x = jax.numpy.take(x, np.nonzero(m)[0], axis=ax)",
+    "x = jax.numpy.take(x, np.arange(int(m.sum())), axis=ax)",
+    ("tests/test_compress_control_flow.py", "tests/test_compress.py"),
+  ),
 )
 
 
@@ -153,16 +255,23 @@ class SnippetError(RuntimeError):
 def locate(root: pathlib.Path, m: Mutation) -> tuple[pathlib.Path, str, str]:
   """(file relative to ``root``, snippet, replacement): the one snippet of ``m`` found, once."""
   sources = {p.relative_to(root): p.read_text() for p in sorted((root / PACKAGE).rglob("*.py"))}
-  hits = [(rel, snip, rep, text.count(snip)) for snip, rep in m.pairs()
-          for rel, text in sources.items() if snip in text]
+  hits = [
+    (rel, snip, rep, text.count(snip))
+    for snip, rep in m.pairs()
+    for rel, text in sources.items()
+    if snip in text
+  ]
   if not hits:
     listed = "\n".join(f"    {snip!r}" for snip, _ in m.pairs())
-    raise SnippetError(f"mutation {m.name!r}: snippet not found in {PACKAGE}/**/*.py:\n{listed}\n"
-                       "  update the snippet in tools/mutate.py")
+    raise SnippetError(
+      f"mutation {m.name!r}: snippet not found in {PACKAGE}/**/*.py:\n{listed}\n"
+      "  update the snippet in tools/mutate.py"
+    )
   if len(hits) > 1 or hits[0][3] > 1:
     where = ", ".join(f"{rel} ({n}x {snip[:40]!r})" for rel, snip, _, n in hits)
-    raise SnippetError(f"mutation {m.name!r}: snippet not unique: {where}\n"
-                       "  make it longer in tools/mutate.py")
+    raise SnippetError(
+      f"mutation {m.name!r}: snippet not unique: {where}\n  make it longer in tools/mutate.py"
+    )
   return hits[0][:3]
 
 
@@ -186,19 +295,28 @@ def run_one(m: Mutation, *, timeout: float, python: str) -> dict:
       proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
       rc, out = proc.returncode, proc.stdout
     except subprocess.TimeoutExpired as e:
-      rc, out = None, (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+      rc, out = (
+        None,
+        (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""),
+      )
   failed = [l.split(" ")[1] for l in out.splitlines() if l.startswith("FAILED ")]
   # killed = the tests ran and at least one failed (pytest rc 1); a collection or usage error
   # (rc 2..4) does not count: the mutation must break behaviour, not the import
-  return dict(name=m.name, what=m.what, file=str(rel), tests=list(m.tests), rc=rc,
-              killed=rc == 1, first_failure=failed[0] if failed else None,
-              seconds=round(time.time() - t0, 1))
+  return dict(
+    name=m.name,
+    what=m.what,
+    file=str(rel),
+    tests=list(m.tests),
+    rc=rc,
+    killed=rc == 1,
+    first_failure=failed[0] if failed else None,
+    seconds=round(time.time() - t0, 1),
+  )
 
 
 def table(rows: list[dict]) -> str:
   w = max(len(r["name"]) for r in rows)
-  lines = [f"{'mutation':<{w}}  {'verdict':<8} {'secs':>6}  first failing test",
-           "-" * (w + 60)]
+  lines = [f"{'mutation':<{w}}  {'verdict':<8} {'secs':>6}  first failing test", "-" * (w + 60)]
   for r in rows:
     verdict = "killed" if r["killed"] else ("TIMEOUT" if r["rc"] is None else "SURVIVED")
     lines.append(f"{r['name']:<{w}}  {verdict:<8} {r['seconds']:>6}  {r['first_failure'] or '-'}")
@@ -229,8 +347,11 @@ def main(argv=None) -> int:
   for m in selected:
     rows.append(run_one(m, timeout=args.timeout, python=args.python))
     r = rows[-1]
-    print(f"[{len(rows)}/{len(selected)}] {r['name']}: {'killed' if r['killed'] else 'SURVIVED'} "
-          f"({r['seconds']} s)", flush=True)
+    print(
+      f"[{len(rows)}/{len(selected)}] {r['name']}: {'killed' if r['killed'] else 'SURVIVED'} "
+      f"({r['seconds']} s)",
+      flush=True,
+    )
   print(table(rows))
   print(json.dumps(rows))
   if args.json:
