@@ -14,35 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hesso_jax.examples import DigitsCNN
+
 from hesso_jax.space import CONSUMER, PRODUCER, STATE, AxisSlice, ChannelSpace, SearchSpace
 
 __all__ = ["DigitsCNN", "ResNetSmall", "BasicBlock", "MNIST1DMLP", "MNIST1DCNN", "CharGPT",
            "CausalSelfAttention", "get_model", "inference_fn", "manual_space"]
 
 
-class DigitsCNN(nn.Module):
-  """conv-BN-relu x3 with two 2x2 max-pools, then a dense hidden layer and the logits.
-
-  Shapes for 8x8x1 inputs: 8x8x16 -> 8x8x32 -> pool 4x4 -> 4x4x64 -> pool 2x2 -> flatten 256 ->
-  hidden -> num_classes.
-  """
-
-  features: Sequence[int] = (16, 32, 64)
-  hidden: int = 64
-  num_classes: int = 10
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    for i, f in enumerate(self.features):
-      x = nn.Conv(f, (3, 3), padding="SAME", name=f"conv{i}")(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"bn{i}")(x)
-      x = nn.relu(x)
-      if i >= 1:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = x.reshape((x.shape[0], -1))  # NHWC flatten: channel is the fastest axis
-    x = nn.relu(nn.Dense(self.hidden, name="fc")(x))
-    return nn.Dense(self.num_classes, name="head")(x)
-
+# The digits CNN is the package example's (hesso_jax.examples.DigitsCNN): one definition.
 
 class BasicBlock(nn.Module):
   """ResNet basic block: conv-BN-relu-conv-BN + shortcut (identity, or 1x1 conv-BN projection)."""

@@ -204,7 +204,8 @@ MUTATIONS = (
     "dot_general_verdict",
     "dot_general may contract channels that are not zero",
     "_contract_check(\n"
-    '    ctx, eqn, zin[0], zin[1], ctx.atoms.leafset([la[i] for i in lc]), "dot_general", fold=True\n'
+    "    ctx, eqn, zin[0], zin[1], ctx.atoms.leafset([la[i] for i in lc]), "
+    '"dot_general", fold=True\n'
     "  )",
     "pass",
     tuple(DISCOVERY),

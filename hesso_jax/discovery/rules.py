@@ -382,19 +382,23 @@ register("conv_general_dilated")(Rule(_conv_atoms, _conv_zeros))
 # ----------------------------------------------------------------------------------------------
 
 
+# Reductions whose result depends on every channel's value (not only on the zero ones).
+_ORDER_REDUCTIONS = (
+  "reduce_max",
+  "reduce_min",
+  "argmax",
+  "argmin",
+  "reduce_prod",
+  "reduce_and",
+  "reduce_or",
+  "reduce_xor",
+)
+
+
 def _reduce_atoms(ctx, eqn, ins):
   axes = eqn.params["axes"]
   a = ins[0]
-  if eqn.primitive.name in (
-    "reduce_max",
-    "reduce_min",
-    "argmax",
-    "argmin",
-    "reduce_prod",
-    "reduce_and",
-    "reduce_or",
-    "reduce_xor",
-  ):
+  if eqn.primitive.name in _ORDER_REDUCTIONS:
     for ax in axes:
       ctx.atoms.mark(a[ax], "reduce", f"{eqn.primitive.name} over this channel axis")
   return [tuple(x for k, x in enumerate(a) if k not in axes) for _ in eqn.outvars]
@@ -416,16 +420,7 @@ def _reduce_sum_zeros(ctx, eqn, zin, ins, outs):
 
 
 register("reduce_sum")(Rule(_reduce_atoms, _reduce_sum_zeros))
-register(
-  "reduce_max",
-  "reduce_min",
-  "argmax",
-  "argmin",
-  "reduce_prod",
-  "reduce_and",
-  "reduce_or",
-  "reduce_xor",
-)(Rule(_reduce_atoms, no_zeros))
+register(*_ORDER_REDUCTIONS)(Rule(_reduce_atoms, no_zeros))
 
 
 def _cum_atoms(ctx, eqn, ins):
