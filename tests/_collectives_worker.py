@@ -7,7 +7,7 @@ Run as a subprocess (tests/test_collectives.py does)::
 
 Prints one JSON line (prefixed ``RESULT ``): for plain adam, hesso(adam) and hesso_cric(adam),
 the collectives of the compiled step (whole program: every phase's branch is in it) as
-``[kind, number of elements]`` pairs, and the number of groups.
+``[kind, number of elements]`` pairs, the number of groups and the spaces' sizes.
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ def main() -> None:
                              sampling_steps=2, hybrid_training_steps=2), True),
   }
   out = {"devices": jax.device_count(), "num_groups": space.num_groups,
+         "space_sizes": [s.size for s in space.prunable_spaces],
          "param_elements": [int(x.size) for x in jax.tree_util.tree_leaves(params)]}
   for name, (tx, cric) in txs.items():
     out[name] = collectives(tx, params, mesh, cric)

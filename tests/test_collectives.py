@@ -2,7 +2,9 @@
 
 The compiled program of one train step (every phase's branch included) is inspected in a
 subprocess (tests/_collectives_worker.py). HESSO's extra communication must stay small: no
-collective larger than the number of groups beyond the ones the plain base step has.
+collective larger than the number of groups beyond the ones the plain base step has, and few
+small ones (the per-group statistics are replicated once per statistic and space size, the masks
+expanded onto the leaves from one replicated vector without per-space shuffles).
 """
 
 import json
@@ -38,3 +40,16 @@ def test_no_extra_large_collectives(res, kind):
   base = _large(res["adam"], res["num_groups"])
   assert base, res["adam"]  # the plain step does communicate (the run really is sharded)
   assert len(_large(res[kind], res["num_groups"])) <= len(base), res[kind]
+
+
+#: the issue's budget of extra (small) collectives per train step
+MAX_EXTRA = 8
+#: statistics reduced together in one step (xx, dd, xd of ``group_stats``)
+STATS = 3
+
+
+@pytest.mark.parametrize("kind", ["hesso", "cric"])
+def test_few_extra_collectives(res, kind):
+  extra = len(res[kind]) - len(res["adam"])
+  bound = STATS * len(set(res["space_sizes"]))  # one per statistic and distinct space size
+  assert extra <= min(MAX_EXTRA, bound), (extra, bound, res[kind], res["adam"])

@@ -91,19 +91,23 @@ def _real_parts(tree: Any) -> tuple[Any, Any]:
 
 def _reduce(
   space: SearchSpace,
-  fn: Any,
+  fns: tuple[Any, ...],
   a: tuple[Any, Any],
   b: tuple[Any, Any] | None = None,
 ) -> jax.Array:
-  """``sum fn(re a, re b) + sum fn(im a, im b)``: the real inner products of (complex) leaves."""
+  """(len(fns), G): ``sum fn(re a, re b) + sum fn(im a, im b)`` for every ``fn``, fused.
+
+  The real inner products of (complex) leaves; all statistics are reduced in one
+  ``group_reduce_many`` call so a sharded step replicates them together.
+  """
   trees = [a[0]] if b is None else [a[0], b[0]]
-  out = space.group_reduce(fn, *trees)
+  out = space.group_reduce_many(fns, *trees)
   if a[1] is not None or (b is not None and b[1] is not None):
     im = [
       t[1] if t[1] is not None else jax.tree_util.tree_map(jnp.zeros_like, t[0])
       for t in ([a] if b is None else [a, b])
     ]
-    out = out + space.group_reduce(fn, *im)
+    out = out + space.group_reduce_many(fns, *im)
   return out
 
 
@@ -115,14 +119,14 @@ def group_stats(space: SearchSpace, params: Any, direction: Any = None) -> Group
   formulas when every leaf is real (the imaginary pass is skipped then).
   """
   x = _real_parts(params)
-  xx = _reduce(space, lambda a: a * a, x)
   if direction is None:
+    xx = _reduce(space, (lambda a: a * a,), x)[0]
     dd = jnp.zeros_like(xx)
     xd = jnp.zeros_like(xx)
   else:
     d = _real_parts(direction)
-    dd = _reduce(space, lambda a, b: b * b, x, d)
-    xd = _reduce(space, lambda a, b: a * b, x, d)
+    fns = (lambda a, b: a * a, lambda a, b: b * b, lambda a, b: a * b)
+    xx, dd, xd = _reduce(space, fns, x, d)
   size = jnp.asarray(np.maximum(space.group_sizes(params), 1), jnp.float32)
   return GroupStats(xx, dd, xd, size)
 

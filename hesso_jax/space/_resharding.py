@@ -13,25 +13,46 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["shard_like", "unshard"]
+__all__ = ["replicate", "shard_like", "spec_of", "unshard"]
 
 
-def _spec(x: Any) -> Any:
+def spec_of(x: Any) -> Any:
   """The ``PartitionSpec`` in ``x``'s type, or None (no explicit sharding)."""
   return getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
 
 
 def unshard(v: jax.Array) -> jax.Array:
   """A per-group vector, made replicated under an explicit-axes mesh (no-op otherwise)."""
-  spec = _spec(v)
+  spec = spec_of(v)
   if spec is not None and any(a is not None for a in spec):
     return jax.sharding.reshard(v, jax.sharding.PartitionSpec())
   return v
 
 
+def replicate(v: jax.Array, like: Any) -> jax.Array:
+  """``v`` made replicated over the mesh of leaf ``like`` (one collective for a whole vector).
+
+  Explicit axes: :func:`unshard`. Auto axes under ``jit``: a replicated sharding constraint on
+  the mesh in ``like``'s type (all axes auto; none manual, as inside ``shard_map``), so the partitioner gathers ``v`` once here rather than every
+  piece it was built from separately. No-op without a multi-device mesh or outside tracing.
+  """
+  spec = spec_of(v)
+  if spec is not None and any(a is not None for a in spec):
+    return unshard(v)
+  if not isinstance(v, jax.core.Tracer) or not isinstance(like, jax.Array):
+    return v
+  mesh = getattr(getattr(jax.typeof(like), "sharding", None), "mesh", None)
+  auto = jax.sharding.AxisType.Auto
+  if mesh is None or mesh.size <= 1 or any(t != auto for t in mesh.axis_types):
+    return v
+  return jax.lax.with_sharding_constraint(
+    v, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  )
+
+
 def shard_like(v: jax.Array, x: Any) -> jax.Array:
   """Under an explicit-axes mesh, give broadcastable ``v`` the sharding of leaf ``x``."""
-  xspec = _spec(x) if isinstance(x, jax.Array) else None
+  xspec = spec_of(x) if isinstance(x, jax.Array) else None
   if xspec is None or not any(a is not None for a in xspec) or np.ndim(v) != np.ndim(x):
     return v
   padded = tuple(xspec) + (None,) * (np.ndim(x) - len(xspec))

@@ -29,7 +29,7 @@ from hesso_jax._paths import (
 )
 from hesso_jax.space._channels import PRODUCER, AxisSlice, ChannelSpace
 from hesso_jax.space._layout import expand_from_channels, reduce_to_channels
-from hesso_jax.space._resharding import shard_like, unshard
+from hesso_jax.space._resharding import replicate, shard_like, spec_of, unshard
 
 __all__ = ["SearchSpace", "require_space"]
 
@@ -213,18 +213,39 @@ class SearchSpace:
 
     Members with a role outside ``roles`` or a path missing from ``trees[0]`` are skipped.
     """
+    return self.group_reduce_many((fn,), *trees, roles=roles, dtype=dtype)[0]
+
+  def group_reduce_many(
+    self,
+    fns: Sequence[Callable[..., jax.Array]],
+    *trees: Any,
+    roles: Sequence[str] = (PRODUCER,),
+    dtype: Any = jnp.float32,
+  ) -> jax.Array:
+    """(len(fns), num_groups): :meth:`group_reduce` of every ``fn`` in ``fns``, fused.
+
+    Every member's per-channel partial sums of all ``fns`` are computed where the leaf lives
+    (sharded), summed per space, and spaces of equal size are stacked into one vector per
+    statistic that is replicated once: one collective per statistic and distinct space size,
+    instead of one per member, statistic and space.
+    """
     leaf_maps = [dict(leaves_with_paths(t)) for t in trees]
-    parts = []
+    k = len(fns)
+    accs: list[jax.Array] = []
+    like: Any = None
     for s in self.prunable_spaces:
-      acc = jnp.zeros((s.size,), dtype)
+      acc = None
       for m in s.members:
         if m.role not in roles or m.path not in leaf_maps[0]:
           continue
-        leaves = [lm[m.path] for lm in leaf_maps]
-        val = fn(*[jnp.asarray(l).astype(dtype) for l in leaves])
-        acc = acc + unshard(reduce_to_channels(val, m, s.size))
-      parts.append(acc)
-    return jnp.concatenate(parts) if parts else jnp.zeros((0,), dtype)
+        leaves = [jnp.asarray(lm[m.path]).astype(dtype) for lm in leaf_maps]
+        like = leaves[0] if like is None else like
+        part = jnp.stack([reduce_to_channels(f(*leaves), m, s.size) for f in fns])
+        acc = part if acc is None else _add(acc, part)
+      accs.append(jnp.zeros((k, s.size), dtype) if acc is None else acc)
+    if not accs:
+      return jnp.zeros((k, 0), dtype)
+    return jnp.concatenate(_replicate_by_size(accs, like), axis=1)
 
   def check_producers(self, tree: Any, what: str = "variables") -> None:
     """Raise ValueError naming the path if a prunable space's producer is not a leaf of ``tree``."""
@@ -261,6 +282,9 @@ class SearchSpace:
     folded with ``combine``).
     """
     values = jnp.asarray(values)
+    leaves = jax.tree_util.tree_leaves(tree)
+    if leaves:  # one replicated (G,) vector that every leaf slices locally (no per-space shuffle)
+      values = replicate(values, leaves[0])
     per_path: dict[Path, list[tuple[AxisSlice, int, int]]] = {}
     for s, off in zip(self.prunable_spaces, self.group_offsets, strict=True):
       for m in s.members:
@@ -271,7 +295,8 @@ class SearchSpace:
       out = jnp.asarray(fill, values.dtype)
       for m, n, off in per_path.get(path, ()):
         out = combine(out, expand_from_channels(values[off : off + n], m, n, np.ndim(x), fill))
-      return shard_like(out, x)
+      # a replicated per-axis vector: each device slices its part of it locally
+      return shard_like(replicate(out, x) if np.ndim(out) else out, x)
 
     return tree_map_with_paths(leaf_fn, tree)
 
@@ -328,6 +353,33 @@ class SearchSpace:
       f"SearchSpace(num_spaces={len(self.channel_spaces)}, num_groups={self.num_groups}, "
       f"prunable={len(self.prunable_spaces)})"
     )
+
+
+def _add(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``a + b``; under an explicit-axes mesh, both replicated first if their shardings differ."""
+  if spec_of(a) != spec_of(b):
+    a, b = unshard(a), unshard(b)
+  return a + b
+
+
+def _replicate_by_size(accs: list[jax.Array], like: Any) -> list[jax.Array]:
+  """``accs`` (each (k, n_s)) replicated, in order: one collective per statistic and distinct
+  space size ``n_s`` (spaces of equal size are stacked), none larger than ``num_groups``."""
+  if like is None:
+    return accs
+  if any(spec_of(a) is not None and any(x is not None for x in spec_of(a)) for a in accs):
+    return [unshard(a) for a in accs]  # explicit axes: pieces may be sharded differently
+  buckets: dict[int, list[int]] = {}
+  for i, a in enumerate(accs):
+    buckets.setdefault(a.shape[1], []).append(i)
+  out: list[Any] = [None] * len(accs)
+  for idx in buckets.values():
+    stacked = jnp.stack([accs[i] for i in idx], axis=1)  # (k, spaces of this size, n)
+    # one collective per statistic: each carries at most num_groups values
+    stacked = jnp.stack([replicate(row, like) for row in stacked])
+    for j, i in enumerate(idx):
+      out[i] = stacked[:, j]
+  return out
 
 
 def require_space(space: Any, where: str) -> SearchSpace:
