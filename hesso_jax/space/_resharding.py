@@ -32,9 +32,10 @@ def unshard(v: jax.Array) -> jax.Array:
 def replicate(v: jax.Array, like: Any) -> jax.Array:
   """``v`` made replicated over the mesh of leaf ``like`` (one collective for a whole vector).
 
-  Explicit axes: :func:`unshard`. Auto axes under ``jit``: a replicated sharding constraint on
-  the mesh in ``like``'s type (all axes auto; none manual, as inside ``shard_map``), so the partitioner gathers ``v`` once here rather than every
-  piece it was built from separately. No-op without a multi-device mesh or outside tracing.
+  Explicit axes: :func:`unshard`. Auto axes under ``jit`` (every mesh axis auto; none manual,
+  as inside ``shard_map``): a replicated sharding constraint on the mesh in ``like``'s type, so
+  the partitioner gathers ``v`` once here rather than every piece it was built from separately.
+  No-op without a multi-device mesh or outside tracing.
   """
   spec = spec_of(v)
   if spec is not None and any(a is not None for a in spec):

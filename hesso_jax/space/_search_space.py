@@ -282,9 +282,6 @@ class SearchSpace:
     folded with ``combine``).
     """
     values = jnp.asarray(values)
-    leaves = jax.tree_util.tree_leaves(tree)
-    if leaves:  # one replicated (G,) vector that every leaf slices locally (no per-space shuffle)
-      values = replicate(values, leaves[0])
     per_path: dict[Path, list[tuple[AxisSlice, int, int]]] = {}
     for s, off in zip(self.prunable_spaces, self.group_offsets, strict=True):
       for m in s.members:
