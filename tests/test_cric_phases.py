@@ -126,13 +126,37 @@ def test_loss_criterion_matches_numpy():
   ratio = np.array([[1.5, 4.0], [0.5, 2.0]], np.float32)
   mean = jnp.array([0.4, 0.1, 0.3, 0.2, 0.05, 0.9, 0.8])
   got = np.asarray(_cric.loss_criterion(jnp.asarray(ratio), mean, space, ktab))
-  cost = np.log(np.maximum(ratio, 1.0))
+  cost = np.maximum.accumulate(np.log(np.maximum(ratio, 1.0)), axis=1)  # ktab rows ascend
   want = []
   for g, (s, rank) in enumerate([(0, 3), (0, 0), (0, 2), (0, 1), (1, 0), (1, 2), (1, 1)]):
     first = [t for t in range(2) if rank < ktab[s, t]]
     want.append(cost[s, first[0]] if first else cost[s].max())
   want = np.asarray(want)
   np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 0, 1)])
+def test_loss_term_never_reverses_the_saliency_order_inside_a_space(order):
+  """A larger trial that measured a *lower* ratio (noise, or a saturated loss) must not make its
+  higher-saliency band cheaper than a lower one: the term is non-decreasing in the within-space
+  saliency rank, whatever the order of the trial sparsities."""
+  space = two_spaces((8, 3))
+  o = list(order)
+  ktab = np.array([[2, 4, 6], [1, 2, 2]], np.int32)[:, o]
+  ratio = np.array([[2.0, 100.0, 10.0], [3.0, 1.0, 1.0]], np.float32)[:, o]
+  mean = jnp.array([0.8, 0.1, 0.7, 0.2, 0.6, 0.3, 0.5, 0.4, 0.2, 0.1, 0.3])
+  term = np.asarray(_cric.loss_criterion(jnp.asarray(ratio), mean, space, ktab))
+  ids = space.space_ids()
+  for s in range(2):
+    by_rank = term[ids == s][np.argsort(np.asarray(mean)[ids == s])]
+    assert np.all(np.diff(by_rank) >= 0), (s, by_rank)
+  # so with the loss term the capped choice inside a space is the lowest-saliency groups
+  sel = _cric.final_selection(mean, jnp.ones(11, jnp.int32), jnp.asarray(ratio), 1.0, space,
+                              ktab, jnp.int32(6), 1)
+  sel0 = np.asarray(sel)[:8]
+  lowest = np.argsort(np.asarray(mean)[:8])[: int(sel0.sum())]
+  assert sel0.sum() > 0
+  np.testing.assert_array_equal(np.flatnonzero(sel0), np.sort(lowest))
 
 
 def test_final_selection_is_the_mean_saliency_ranking_without_loss_weight():

@@ -234,13 +234,20 @@ def loss_criterion(
 
   Each group gets the log loss ratio of the *smallest* trial projection of its space that
   removed it (ranked by its mean saliency inside the space): the marginal cost of losing the
-  band of groups it belongs to. Groups no trial removed get their space's largest cost. Logs
+  band of groups it belongs to. Groups no trial removed get their space's largest cost. A
+  trial's cost is the largest over the trials of its space that zero at most as many groups (a
+  running maximum), so the term never decreases with the saliency rank inside a space. Logs
   (clipped at 0: a probe that lowered the loss costs nothing) keep a near-zero reference loss
   from blowing ratios up to 1e3..1e4 and drowning the saliency terms. ``ktab`` is the (N, L)
   table of group counts zeroed by each trial.
   """
   ids = jnp.asarray(space.space_ids())
   cost = jnp.log(jnp.maximum(jnp.where(jnp.isfinite(loss_ratio), loss_ratio, 1e30), 1.0))
+  # A larger trial zeroes a superset of a smaller one's groups, so its cost is at least theirs:
+  # a lower measured ratio (noise, or a loss saturated far above a tiny reference loss) must not
+  # make a higher-saliency band cheaper than a lower one and reverse the saliency order.
+  kk = np.asarray(ktab)
+  cost = jnp.max(jnp.where(jnp.asarray(kk[:, None, :] <= kk[:, :, None]), cost[:, None, :], 0.0), 2)
   within = cm.within_space_rank(jnp.where(jnp.isfinite(mean_score), mean_score, jnp.inf), space)
   k = jnp.asarray(ktab)[ids]  # (G, L) group counts per trial
   in_trial = within[:, None] < k  # removed by trial t?
@@ -328,9 +335,10 @@ def hesso_cric(
      violating join the trial set. A cycle boundary with ``c >= C`` or with ``<= tolerance`` new
      violating groups terminates instead (at most ``C`` cycles run).
   4. Termination step: final score = mean recorded saliency + ``importance['loss']`` * the loss
-     criterion: each group's cost is ``log(max(loss_ratio, 1))`` of the smallest trial projection
-     of its space that removed it (ranked by mean saliency within the space; groups no trial
-     removed get the space's largest cost), in units of the mean saliency (a probe that
+     criterion: each group's cost is ``log(max(loss_ratio, 1))`` (running maximum over the
+     space's trials by size) of the smallest trial projection of its space that removed it
+     (ranked by mean saliency within the space; groups no trial removed get the space's largest
+     cost), in units of the mean saliency (a probe that
      multiplies the loss by ``e`` shifts its band by one mean saliency). The ``R`` lowest are
      selected (with ``multiple_of``, like HESSO) and the cache is restored.
   5. Hybrid training over ``H`` steps: the selected groups get ``(x + u)*(H-j-1)/(H-j) - x`` and
