@@ -110,18 +110,10 @@ class _Run:
     self.s_sh = hj.opt_state_shardings(self.tx, self.abs_params)
     self.b_sh = NamedSharding(self.mesh, P("data"))
     model, tx = self.model, self.tx
+    from _multidevice_worker import make_step  # this script's folder (tests/) is on sys.path
 
-    def loss_fn(p, x, y):
-      logits = model.apply({"params": p}, x)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    def train_step(p, s, x, y):
-      loss, g = jax.value_and_grad(loss_fn)(p, x, y)
-      u, s = tx.update(g, s, p, value=loss)
-      return optax.apply_updates(p, u), s
-
-    self.step = jax.jit(train_step, in_shardings=(self.p_sh, self.s_sh, self.b_sh, self.b_sh),
-                        out_shardings=(self.p_sh, self.s_sh))
+    self.step = make_step(model, tx, in_shardings=(self.p_sh, self.s_sh, self.b_sh, self.b_sh),
+                          out_shardings=(self.p_sh, self.s_sh))
     self._init = jax.jit(lambda k: model.init(k, jnp.zeros(x_spec.shape))["params"],
                          out_shardings=self.p_sh)
     self._init_state = jax.jit(tx.init, out_shardings=self.s_sh)
