@@ -133,18 +133,24 @@ def test_checkpoint_imports_only_public_optim_names():
 # --- the compiled step: no extra full-size passes -----------------------------------------------
 
 
-def _full_size_fusions(tx, params, value=False):
-  """Fusions in the entry computation of the jitted update+apply that produce a weight-shaped
-  array (each is one pass over that weight)."""
+def _full_size_ops(tx, params, value=False, donate=False, op="fusion"):
+  """``op``s (fusion or copy) in the entry computation of the jitted update+apply that produce a
+  weight-shaped array (each is one pass over that weight). ``donate``: params and optimizer state
+  are donated, as in a real training loop, so XLA may update them in place."""
   g = jax.tree_util.tree_map(jnp.ones_like, params)
 
-  def step(g, s, p):
+  def step(g, p, s):
     u, s = tx.update(g, s, p, **({"value": jnp.float32(1.0)} if value else {}))
     return optax.apply_updates(p, u), s
 
-  txt = jax.jit(step).lower(g, tx.init(params), params).compile().as_text()
+  jitted = jax.jit(step, donate_argnums=(1, 2) if donate else ())
+  txt = jitted.lower(g, params, tx.init(params)).compile().as_text()
   entry = txt[txt.index("\nENTRY"):]
-  return len(re.findall(r"= f32\[(?:64,128|128,128)\]\S* (?:fusion|copy)\(", entry))
+  return len(re.findall(r"= f32\[(?:64,128|128,128)\]\S* %s\(" % op, entry))
+
+
+def _full_size_fusions(tx, params, value=False):
+  return _full_size_ops(tx, params, value)
 
 
 def test_hesso_step_makes_no_more_full_size_passes_than_its_base():
@@ -160,3 +166,23 @@ def test_cric_step_adds_at_most_the_cache_pass():
   tx = hj.hesso_cric(base, space, target_group_sparsity=0.5, sampling_steps=2,
                      hybrid_training_steps=2)
   assert _full_size_fusions(tx, params, value=True) <= _full_size_fusions(base, params) + 2
+
+
+@pytest.mark.parametrize("name", ["hesso", "hesso_cric"])
+def test_donated_step_updates_state_in_place_without_copies(name):
+  """With donated params and state the base optimizer's step copies no weight-sized buffer, and
+  neither may ours: the saliency and snapshot conds read the params and the base state, so they
+  must run before the fused update overwrites them in place (``optim._common.after``); without
+  that ordering XLA copies the momentum (and for CRIC the params and the cache) every step."""
+  params, space = mlp(dims=(64, 128, 128, 3))
+  base = optax.sgd(0.1, momentum=0.9)
+  if name == "hesso":
+    tx = hj.hesso(base, space, target_group_sparsity=0.5, warmup_steps=1, pruning_steps=4)
+  else:
+    tx = hj.hesso_cric(base, space, target_group_sparsity=0.5, sampling_steps=2,
+                       hybrid_training_steps=2)
+  cric = name == "hesso_cric"
+  assert _full_size_ops(base, params, donate=True, op="copy") == 0
+  assert _full_size_ops(tx, params, value=cric, donate=True, op="copy") == 0
+  assert _full_size_ops(tx, params, value=cric, donate=True) == _full_size_ops(
+    base, params, donate=True)

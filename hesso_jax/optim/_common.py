@@ -21,6 +21,7 @@ from jax.typing import ArrayLike
 from hesso_jax.space import PRODUCER, SearchSpace, leaves_with_paths, normalize_path
 
 __all__ = [
+  "after",
   "check_int",
   "check_space",
   "check_sparsity",
@@ -158,6 +159,32 @@ def cond(pred: jax.Array, true_fn: Callable, false_fn: Callable, operands: Any) 
   if isinstance(pred, jax.core.Tracer):
     return jax.lax.cond(pred, true_fn, false_fn, operands)
   return true_fn(operands) if bool(pred) else false_fn(operands)
+
+
+def after(signals: Any, tree: Any) -> Any:
+  """``tree`` unchanged, but computed after ``signals`` (arrays the phase ``lax.cond`` calls made).
+
+  Each floating leaf gets ``+ s``, where ``s`` is ``-0.0`` computed from one element of every
+  signal leaf (``-(isnan(v) * 0.0)``: always ``-0.0``, whatever ``v`` is), and ``x + (-0.0) == x``
+  bit for bit for every float, signed zeros and NaNs included. XLA cannot fold ``s`` away, so
+  everything computed from the result waits for the conds. That ordering is what lets a donated
+  step update the base state and the parameters in place: a cond that reads them (the saliency
+  direction, a cache snapshot) then runs before the fused update overwrites them. Without it XLA
+  must assume the update may run first and copies that state every step. The extra add sits in
+  the elementwise update, so it costs nothing.
+  """
+  s = jnp.zeros([], jnp.float32)
+  for v in jax.tree_util.tree_leaves(signals):
+    v = jnp.ravel(jnp.asarray(v))
+    if v.size:
+      s = s + jnp.isnan(v[0].astype(jnp.float32)).astype(jnp.float32)
+  s = -(s * 0.0)
+
+  def dep(x):
+    x = jnp.asarray(x)
+    return x + s.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+  return jax.tree_util.tree_map(dep, tree)
 
 
 # ----------------------------------------------------------------------------------------------

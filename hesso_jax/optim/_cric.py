@@ -349,8 +349,11 @@ def hesso_cric(
   ``c0 + 2*N*L + C*S + 1`` (:func:`cric_schedule`).
 
   Cost: the update is one elementwise expression per leaf, fused by XLA with the base update and
-  ``optax.apply_updates``; on top of the base optimizer's pass it reads and writes the parameter
-  cache (a ``where`` that snapshots at ``c0`` and restores on measurement and boundary steps).
+  ``optax.apply_updates``; on top of the base optimizer's pass it reads the parameter cache (for
+  the restores on measurement and boundary steps). The snapshot at ``c0`` is a ``lax.cond``:
+  with the optimizer state donated (``jax.jit(step, donate_argnums=...)``) the cache is updated
+  in place and never copied outside that step; without donation XLA copies it into a fresh
+  output buffer every step, as it does for every state leaf.
   Probing and cycle steps recompute the base update for the saliency reductions (behind a
   ``lax.cond``); the final ranking runs only on the termination step.
 
@@ -452,11 +455,10 @@ def hesso_cric(
     _require_loss(params, value, value_fn)
     if value is not None:
       extra_args = {**extra_args, "value": value}
-    u, base_state = base.update(updates, state.base_state, params, **extra_args)
     count = optax.safe_int32_increment(state.count)
     if G == 0:
+      u, base_state = base.update(updates, state.base_state, params, **extra_args)
       return u, state._replace(count=count, base_state=base_state)
-    u = cm.promote_updates(u, params)
     sp = cm.resolve_space(space, params)
     ph = cric_phase(
       state.count,
@@ -466,9 +468,13 @@ def hesso_cric(
       hybrid_steps=hybrid_training_steps,
       num_trials=N * L,
     )
-    # Elementwise (no lax.cond on full-size operands), so XLA fuses it with the update below.
-    cache = jax.tree_util.tree_map(lambda x, c: jnp.where(ph.first, x, c), params, state.cache)
-    ref_loss, ratio = _loss_terms(ph, value, value_fn, params, state.cache, state.ref_loss)
+    # The snapshot sits behind a lax.cond and everything below reads the cache it returns (the
+    # snapshot step never restores or measures, so that is the incoming cache wherever it is
+    # read). A select here, or restores that read the incoming cache, would cost a full copy of
+    # the parameters every step: the cache and the params are both overwritten in place, each
+    # by a computation that still reads the other.
+    cache = cm.cond(ph.first, lambda ops: ops[0], lambda ops: ops[1], (params, state.cache))
+    ref_loss, ratio = _loss_terms(ph, value, value_fn, params, cache, state.ref_loss)
     R = cm.target_num_groups(G, target_group_sparsity)
     small = state._replace(ref_loss=ref_loss, cache=None, base_state=None)
 
@@ -477,8 +483,14 @@ def hesso_cric(
       uu, _ = base.update(updates, state.base_state, params, **extra_args)
       return jax.tree_util.tree_map(jnp.negative, cm.promote_updates(uu, params))
 
-    # Restores never happen on the snapshot step, so they read the incoming cache.
-    out, small = _cric_step(cfg, sp, ph, R, params, state.cache, ratio, u, direction, small)
+    def base_update(signals):
+      # After the conds above (cm.after), so a donated step updates the state in place.
+      uu, bs = base.update(updates, cm.after(signals, state.base_state), params, **extra_args)
+      return cm.promote_updates(uu, params), bs
+
+    out, small, base_state = _cric_step(
+      cfg, sp, ph, R, params, cache, ratio, base_update, direction, small
+    )
     return out, small._replace(count=count, cache=cache, base_state=base_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -622,14 +634,15 @@ def _cric_step(
   params: Any,
   cache: Any,
   ratio: jax.Array,
-  u: Any,
+  base_update: Callable[[Any], tuple[Any, Any]],
   direction: Callable[[], Any],
   st: CricState,
-) -> tuple[Any, CricState]:
+) -> tuple[Any, CricState, Any]:
   """One step on the small state fields ``st`` (every phase; masks are all-false where idle).
 
   The saliency (of ``direction()``) and the final ranking sit behind ``lax.cond``s on their
-  phases; the update is one elementwise expression per leaf.
+  phases; ``base_update(signals)`` gives the base update and state once they are done; the
+  update is one elementwise expression per leaf. Returns (updates, small state, base state).
   """
   G = sp.num_groups
   record = ph.proj | ph.cycling
@@ -665,6 +678,7 @@ def _cric_step(
   H = jnp.asarray(cfg.hybrid_steps, jnp.int32)
   factor = jnp.where(ph.cycling, cm.decay_factor(S, ph.jc), cm.decay_factor(H, ph.jh))
   forget = jnp.where(ph.cycling, sets.active, redundant & ph.forgetting)
+  u, base_state = base_update((redundant, score, ratio, cache))
   u_eff = jax.tree_util.tree_map(lambda a: jnp.where(ph.probing, jnp.zeros_like(a), a), u)
   out = cm.masked_updates(
     u_eff,
@@ -679,7 +693,7 @@ def _cric_step(
   commit = ph.forgetting & (ph.jh == H - 1)
   pruned = jnp.where(commit, st.pruned | redundant, st.pruned)
   redundant = jnp.where(commit, jnp.zeros_like(redundant), redundant)
-  return out, st._replace(
+  new = st._replace(
     redundant=redundant,
     pruned=pruned,
     active=sets.active,
@@ -690,3 +704,4 @@ def _cric_step(
     loss_ratio=loss_ratio,
     end=end,
   )
+  return out, new, base_state

@@ -167,11 +167,9 @@ def hesso(
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
       raise TypeError("hesso: update() needs params (tx.update(grads, state, params))")
-    u, base_state = base.update(updates, state.base_state, params, **extra_args)
-    count = optax.safe_int32_increment(state.count)
     if G == 0:
-      return u, state._replace(count=count, base_state=base_state)
-    u = cm.promote_updates(u, params)
+      u, base_state = base.update(updates, state.base_state, params, **extra_args)
+      return u, state._replace(count=optax.safe_int32_increment(state.count), base_state=base_state)
     sched = _Schedule.at(state.count, warmup_steps, pruning_steps, pruning_periods)
     sp = cm.resolve_space(space, params)
     R = cm.target_num_groups(G, target_group_sparsity)
@@ -183,10 +181,19 @@ def hesso(
       uu, _ = base.update(updates, state.base_state, params, **extra_args)
       return jax.tree_util.tree_map(jnp.negative, cm.promote_updates(uu, params))
 
-    out, redundant, pruned = _pruning_step(
-      sp, weights, multiple_of, R, sched, params, u, direction, state.redundant, state.pruned
+    redundant = _select(sp, weights, multiple_of, R, sched, params, direction, state.redundant,
+                        state.pruned)
+    base_in = cm.after(redundant, state.base_state)
+    params_in = params
+    u, base_state = base.update(updates, base_in, params_in, **extra_args)
+    u = cm.promote_updates(u, params_in)
+    out, redundant, pruned = _forget(sp, sched, params_in, u, redundant, state.pruned)
+    return out, HessoState(
+      count=optax.safe_int32_increment(state.count),
+      redundant=redundant,
+      pruned=pruned,
+      base_state=base_state,
     )
-    return out, HessoState(count=count, redundant=redundant, pruned=pruned, base_state=base_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -216,24 +223,18 @@ class _Schedule(NamedTuple):
     return cls((rel >= 0) & (rel < K * T), relc % T, relc // T, T, K)
 
 
-def _pruning_step(
+def _select(
   sp: SearchSpace,
   weights: dict,
   multiple_of: ArrayLike,
   R: jax.Array,
   sched: _Schedule,
   params: Any,
-  u: Any,
   direction: Callable[[], Any],
   redundant: jax.Array,
   pruned: jax.Array,
-) -> tuple[Any, jax.Array, jax.Array]:
-  """One step: select at ``j == 0`` (saliency of ``direction()``), forget, commit, zero pruned.
-
-  Only the selection is behind a ``lax.cond``; the update itself is one elementwise expression
-  per leaf (all-false masks outside the window), which fuses with the base update and
-  ``apply_updates``.
-  """
+) -> jax.Array:
+  """The redundant set after this step's selection (at ``j == 0``, behind a ``lax.cond``)."""
   through_k = jnp.where(sched.k < sched.K - 1, (R // sched.K) * (sched.k + 1), R)
   removed = redundant | pruned
   quota = jnp.maximum(through_k - jnp.sum(removed.astype(jnp.int32)), 0)
@@ -242,7 +243,22 @@ def _pruning_step(
     scores = sal.saliency(sp, params, direction(), weights)
     return red | cm.select_groups(scores, ~removed, quota, sp, removed, multiple_of)
 
-  redundant = cm.cond(sched.in_window & (sched.j == 0), select, lambda red: red, redundant)
+  return cm.cond(sched.in_window & (sched.j == 0), select, lambda red: red, redundant)
+
+
+def _forget(
+  sp: SearchSpace,
+  sched: _Schedule,
+  params: Any,
+  u: Any,
+  redundant: jax.Array,
+  pruned: jax.Array,
+) -> tuple[Any, jax.Array, jax.Array]:
+  """Forget the redundant groups, commit them at ``j == T-1``, keep pruned groups at zero.
+
+  The update is one elementwise expression per leaf (all-false masks outside the window), which
+  fuses with the base update and ``apply_updates``.
+  """
   factor = cm.decay_factor(sched.T, sched.j)
   out = cm.masked_updates(
     u, params, sp, forget=redundant & sched.in_window, factor=factor, zero=pruned
