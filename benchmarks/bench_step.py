@@ -95,12 +95,56 @@ def _train_step(tx, loss_fn: Callable, cric: bool) -> Callable:
   return jax.jit(step)
 
 
-def _opt_step(tx, cric: bool) -> Callable:
-  def step(grads, opt_state, params):
+# The timed steps. The phase of a HESSO/CRIC step is a function of the state's ``count`` (and
+# CRIC's ``end``) only, so those fields are passed separately and kept fixed, and everything else
+# (params, batch-norm state, optimizer state) is carried from call to call. ``donate=True``
+# donates the carried buffers, as a real training loop does, so XLA may update them in place.
+
+_PHASE_FIELDS = ("count", "end")
+
+
+def _split(state):
+  """(the phase fields, the state with those fields set to None) of a HESSO/CRIC state."""
+  if not hasattr(state, "_replace"):
+    return {}, state
+  fields = {k: getattr(state, k) for k in _PHASE_FIELDS if k in state._fields}
+  return fields, state._replace(**{k: None for k in fields})
+
+
+def _timed_train(tx, loss_fn: Callable, cric: bool, donate: bool) -> Callable:
+  def step(params, aux, rest, phase, x, y):
+    opt_state = rest._replace(**phase) if phase else rest
+    (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(params, aux, x, y)
+    kw = {"value": loss} if cric else {}
+    upd, opt_state = tx.update(g, opt_state, params, **kw)
+    return optax.apply_updates(params, upd), aux, _split(opt_state)[1]
+  return jax.jit(step, donate_argnums=(0, 1, 2) if donate else ())
+
+
+def _timed_opt(tx, cric: bool, donate: bool) -> Callable:
+  def step(grads, params, rest, phase):
+    opt_state = rest._replace(**phase) if phase else rest
     kw = {"value": jnp.ones([], jnp.float32)} if cric else {}
     upd, opt_state = tx.update(grads, opt_state, params, **kw)
-    return optax.apply_updates(params, upd), opt_state
-  return jax.jit(step)
+    return optax.apply_updates(params, upd), _split(opt_state)[1]
+  return jax.jit(step, donate_argnums=(1, 2) if donate else ())
+
+
+class _Carry:
+  """A zero-argument callable running one step on carried (params, aux, state) buffers."""
+
+  def __init__(self, fn: Callable, params, aux, state, args: tuple, train: bool, donate: bool):
+    self.phase, rest = _split(state)
+    copy = (lambda t: jax.tree_util.tree_map(jnp.copy, t)) if donate else (lambda t: t)
+    self.fn, self.args, self.train = fn, args, train
+    self.p, self.a, self.rest = copy(params), copy(aux), copy(rest)
+
+  def __call__(self):
+    if self.train:
+      self.p, self.a, self.rest = self.fn(self.p, self.a, self.rest, self.phase, *self.args)
+    else:
+      self.p, self.rest = self.fn(self.args[0], self.p, self.rest, self.phase)
+    return self.p
 
 
 def _states_by_phase(tx, step, params, aux, batch, phase_of: Callable, limit: int) -> dict:
@@ -143,7 +187,7 @@ def _cric_phase_of(space):
   return phase, sched["latest_done"] + 4
 
 
-def bench_model(name: str, repeats: int, inner: int) -> tuple[list[dict], dict]:
+def bench_model(name: str, repeats: int, inner: int, donate: bool) -> tuple[list[dict], dict]:
   t0 = time.perf_counter()
   params, aux, loss_fn, batch, space = TASKS[name](jax.random.PRNGKey(0))
   base = optax.sgd(1e-2, momentum=0.9)
@@ -151,10 +195,10 @@ def bench_model(name: str, repeats: int, inner: int) -> tuple[list[dict], dict]:
   calls: dict[str, Callable] = {}
 
   def add(label, tx, cric, states):
-    tstep, ostep = _train_step(tx, loss_fn, cric), _opt_step(tx, cric)
+    tstep, ostep = _timed_train(tx, loss_fn, cric, donate), _timed_opt(tx, cric, donate)
     for ph, (p, a, s) in states.items():
-      calls[f"{label}/{ph}/train"] = lambda f=tstep, p=p, a=a, s=s: f(p, a, s, *batch)
-      calls[f"{label}/{ph}/opt"] = lambda f=ostep, p=p, s=s: f(grads, s, p)
+      calls[f"{label}/{ph}/train"] = _Carry(tstep, p, a, s, batch, True, donate)
+      calls[f"{label}/{ph}/opt"] = _Carry(ostep, p, a, s, (grads,), False, donate)
 
   add("sgd", base, False, {"-": (params, aux, base.init(params))})
   tx = hj.hesso(base, space, **HESSO_KW)
@@ -187,14 +231,18 @@ def main(argv=None):
   ap = argparse.ArgumentParser()
   ap.add_argument("--small", action="store_true", help="fewer repeats (a quick check)")
   ap.add_argument("--models", default="mlp,cnn")
+  ap.add_argument("--no-donate", dest="donate", action="store_false",
+                  help="do not donate params and optimizer state (XLA then writes every state "
+                       "leaf to a fresh buffer each step)")
   a = ap.parse_args(argv)
   repeats, inner = (9, 5) if a.small else (25, 20)
   rows, info = [], {}
   for name in a.models.split(","):
-    r, i = bench_model(name, repeats, inner)
+    r, i = bench_model(name, repeats, inner, a.donate)
     rows += r
     info[name] = i
-  write_json("step", {"small": a.small, "repeats": repeats, "inner": inner, "models": info,
+  write_json("step" if a.donate else "step_no_donate", {"small": a.small, "donate": a.donate,
+                      "repeats": repeats, "inner": inner, "models": info,
                       "hesso": HESSO_KW, "cric": CRIC_KW, "rows": rows})
   cols = ["model", "optimizer", "phase", "measure", "median_us", "base_us", "ratio", "q25", "q75",
           "min_ratio"]

@@ -21,6 +21,8 @@ number of optimizer steps and the same base optimizer (``experiments.run.CONFIGS
     40% pruning in 3 periods, 40% recovery);
 (d') ``hesso_ref`` (opt-in, ``--methods``): the same with the reference's schedule advice (prune
     from 10% to 25% of the run in 10 periods, then 75% recovery);
+(d'') ``hesso_m1`` (opt-in): HESSO with ``multiple_of=1`` in the optimizer and in compress (odd
+    widths; for the latency comparison in ``experiments.latency``);
 (e) ``hesso_cric``: ``hj.hesso_cric`` with ``multiple_of=8`` and a schedule that ends where HESSO's
     does (``experiments.sweep.comparable_cric_schedule``).
 
@@ -53,8 +55,10 @@ import hesso_jax as hj
 from experiments import run as R
 from experiments import train as T
 
-METHODS = ("dense", "scratch", "l1", "hesso", "hesso_ref", "hesso_cric")
+METHODS = ("dense", "scratch", "l1", "hesso", "hesso_ref", "hesso_m1", "hesso_cric")
 DEFAULT_METHODS = ("dense", "scratch", "l1", "hesso", "hesso_cric")
+MULTIPLE_OF = 8
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scikit-learn", "mnist1d")
 
 
 def reference_schedule(steps: int) -> dict:
@@ -62,8 +66,6 @@ def reference_schedule(steps: int) -> dict:
   (so 3/4 of the run trains the pruned model)."""
   return {"warmup_steps": int(0.1 * steps), "pruning_steps": int(0.15 * steps),
           "pruning_periods": 10}
-MULTIPLE_OF = 8
-_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scikit-learn", "mnist1d")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -155,7 +157,8 @@ class Task:
     return T.train(self.model, variables, tx, data if data is not None else self.make_iter(), steps,
                    progress=False, log_every=max(1, steps // 50), value_fn=value_fn)
 
-  def kept(self, variables: dict, pruned: np.ndarray, *, zeroed: bool = True) -> dict:
+  def kept(self, variables: dict, pruned: np.ndarray, *, zeroed: bool = True,
+           multiple_of: int = MULTIPLE_OF) -> dict:
     """Params and FLOPs of the compressed model (widths aligned to MULTIPLE_OF) vs the full one.
 
     ``zeroed=False`` when the ``pruned`` groups are not zero yet (the L1 search): compress then
@@ -163,7 +166,7 @@ class Task:
     """
     keep = jnp.asarray(~np.asarray(pruned, bool))
     small_fn, small = hj.compress(self.fn, variables, self.space, self.x, keep=keep,
-                                  multiple_of=MULTIPLE_OF, check_zero=zeroed)
+                                  multiple_of=multiple_of, check_zero=zeroed)
     c = hj.count(small_fn, small, self.x, params_only=True)
     out = {"params_kept_pct": 100.0 * c["params"] / self.full["params"],
            "flops_kept_pct": 100.0 * c["flops"] / self.full["flops"],
@@ -195,16 +198,17 @@ def run_dense(t: Task) -> tuple[dict, dict]:
   return {**t.evaluate(rest.variables), "train_seconds": warm.seconds + rest.seconds}, warm.variables
 
 
-def run_hesso(t: Task, sparsity: float, schedule: dict | None = None) -> tuple[dict, np.ndarray]:
+def run_hesso(t: Task, sparsity: float, schedule: dict | None = None,
+              multiple_of: int = MULTIPLE_OF) -> tuple[dict, np.ndarray]:
   """HESSO with the experiments' default schedule (``R.schedule``) or ``schedule``."""
   sched = schedule or R.schedule(t.steps)
   tx = hj.hesso(t.base(t.steps), t.space_p, target_group_sparsity=sparsity,
-                multiple_of=MULTIPLE_OF, **sched)
+                multiple_of=multiple_of, **sched)
   res = t.train(t.variables, tx, t.steps)
   pruned = zero_mask_of(t.space_p, res.variables["params"])
-  return {**t.evaluate(res.variables), **t.kept(res.variables, pruned),
+  return {**t.evaluate(res.variables), **t.kept(res.variables, pruned, multiple_of=multiple_of),
           "group_sparsity": float(pruned.mean()), "train_seconds": res.seconds,
-          "schedule": sched}, pruned
+          "schedule": sched, "multiple_of": multiple_of}, pruned
 
 
 def run_cric(t: Task, sparsity: float) -> dict:
@@ -337,7 +341,9 @@ def study(tasks, sparsities, seeds, *, small: bool, out: pathlib.Path, methods=M
         for method in methods:
           if method in ("dense", "hesso"):
             continue
-          if method == "hesso_ref":
+          if method == "hesso_m1":
+            fn = lambda: run_hesso(t, sp, multiple_of=1)[0]
+          elif method == "hesso_ref":
             fn = lambda: run_hesso(t, sp, reference_schedule(t.steps))[0]
           elif method == "scratch":
             fn = lambda: run_scratch(t, pruned)
