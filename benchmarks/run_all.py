@@ -15,7 +15,7 @@ import time
 
 from benchmarks.common import RESULTS
 
-BENCHMARKS = ("discovery", "latency", "align", "step")
+BENCHMARKS = ("discovery", "latency", "align", "step", "masks")
 
 
 def main(argv=None):
@@ -48,8 +48,10 @@ def main(argv=None):
                                  f"{x['flop_ratio']:.2f}" for x in r["rows"] if "flop_ratio" in x
                                  and x["variant"] != "full")
       elif name == "step":
-        line += "  " + ", ".join(f"{x['model']}/{x['variant']}: {x['ratio_vs_adam']:.2f}x"
-                                 for x in r["rows"] if x["variant"] != "adam")
+        line += "  " + ", ".join(f"{x['model']}/{x['optimizer']}/{x['phase']}: {x['ratio']:.2f}x"
+                                 for x in r["rows"] if x["measure"] == "opt")
+      elif name == "masks":
+        line += "  " + ", ".join(f"{x['variant']}: {x['ratio']:.2f}x" for x in r["rows"])
     print(line)
   if failed:
     sys.exit(1)

@@ -7,7 +7,8 @@
 Tasks: digits_cnn, digits_resnet (scikit-learn digits), mnist1d (1-D CNN on generated MNIST-1D),
 mnist1d_mlp, charlm (char-level GPT on the Python standard library's source). Optimizers: dense
 (the base optax optimizer alone), hesso (``hj.hesso(base, space, ...)``), hesso_cric
-(``hj.hesso_cric(base, space, ...)``, fed ``value=loss`` every step). ``--small`` shrinks steps
+(``hj.hesso_cric(base, space, ...)``, fed ``value_fn`` every step, so its reference and trial
+losses come from the same minibatch). ``--small`` shrinks steps
 and model for CI-speed runs. After each run the task's accuracy-vs-sparsity plot is redrawn from
 every JSON in its folder.
 """
@@ -152,7 +153,8 @@ def run(task: str, optimizer: str, sparsity: float = 0.5, *, steps: int | None =
     gs_fn = jax.jit(lambda p: jnp.mean(space_p.group_norms(p) == 0))
     cb = lambda step, v, s, loss: {"group_sparsity": float(gs_fn(v["params"]))}
   res = T.train(model, variables, tx, make_iter(), steps, callback=cb,
-                log_every=max(1, steps // 100), progress=progress, desc=f"{task}/{optimizer}")
+                log_every=max(1, steps // 100), progress=progress, desc=f"{task}/{optimizer}",
+                value_fn=optimizer == "hesso_cric")
   ev = evaluate(res.variables)
   record.update(ev)
   record["train_seconds"] = res.seconds
