@@ -17,8 +17,9 @@ optimizer and data order (``experiments.run.run`` with the same ``seed``). Per r
   (``benchmarks.common.interleaved``) on one batch of the task's training batch size, median of
   the per-round ratios.
 
-Each run's record is cached as JSON under ``results/sweep_runs/<task>_steps<N>/``; a rerun with the
-same settings reuses it (``--force`` retrains). Writes ``results/sweep.json``, ``results/sweep.md``
+Each run's record is cached as JSON under ``results/sweep_runs/<task>_steps<N>/``; a rerun reuses
+it only when its settings, the sha1 of the whole ``hesso_jax`` package and ``experiments/``, and the
+package versions all match (``--force`` retrains). A failed run or measurement fails the sweep. Writes ``results/sweep.json``, ``results/sweep.md``
 and ``results/sweep_accuracy.png`` (``--name`` changes the stem).
 """
 
@@ -122,11 +123,15 @@ def latency_ratio(model, space, variables, x_example, batch: int, *, repeats: in
 # ------------------------------------------------------------------------------------------------
 
 
-def cric_source_sha() -> str:
-  """sha1 (12 hex) of hesso_jax/optim/cric.py: HESSO-CRIC runs are cached per library version."""
-  import hashlib
-  from hesso_jax.optim import cric
-  return hashlib.sha1(pathlib.Path(cric.__file__).read_bytes()).hexdigest()[:12]
+def cache_key(task: str, optimizer: str, sparsity: float, steps: int, small: bool, seed: int,
+              cric_kw: dict | None) -> dict:
+  """What a cached record must match to be reused: the run's settings, the sha1 of the whole
+  ``hesso_jax`` package and of ``experiments/``, and the package versions."""
+  from experiments.study import code_hash, package_versions
+
+  return {"task": task, "optimizer": optimizer, "sparsity": sparsity, "steps": steps,
+          "small": small, "seed": seed, "cric_kw": cric_kw or {}, "code_sha1": code_hash(),
+          "packages": package_versions()}
 
 
 def run_one(task: str, optimizer: str, sparsity: float, *, steps: int, small: bool, seed: int,
@@ -136,11 +141,11 @@ def run_one(task: str, optimizer: str, sparsity: float, *, steps: int, small: bo
   sp = 0.0 if optimizer == "dense" else sparsity
   stem = f"{optimizer}_s{sp:g}" + ("_small" if small else "") + f"_seed{seed}"
   path = T.results_dir(out_dir) / f"{stem}.json"
+  key = cache_key(task, optimizer, sp, steps, small, seed, cric_kw)
   if path.exists() and not force:
     rec = json.loads(path.read_text())
-    same = rec.get("steps") == steps and (optimizer != "hesso_cric" or (rec.get("hesso_cric") == {
-        **R.cric_schedule(steps, small), **(cric_kw or {})} and rec.get("cric_source_sha") == cric_source_sha()))
-    if same and (rec.get("latency_ratio") is not None or not latency or optimizer == "dense"):
+    if rec.get("cache_key") == key and (rec.get("latency_ratio") is not None or not latency
+                                        or optimizer == "dense"):
       rec["cached"] = True
       return rec
   art: dict = {}
@@ -148,8 +153,7 @@ def run_one(task: str, optimizer: str, sparsity: float, *, steps: int, small: bo
   rec = R.run(task, optimizer, sp, steps=steps, small=small, seed=seed, out_dir=out_dir,
               progress=False, plots=False, cric_kw=cric_kw, artifacts=art)
   rec["wall_seconds_run"] = time.perf_counter() - t0
-  if optimizer == "hesso_cric":
-    rec["cric_source_sha"] = cric_source_sha()
+  rec["cache_key"] = key
   space = art["space"]
   if space is not None and space.num_groups:
     rep = hj.sparsity_report(space.subtree("params"), art["variables"]["params"])
@@ -171,11 +175,9 @@ def run_one(task: str, optimizer: str, sparsity: float, *, steps: int, small: bo
     rec["flops_kept_pct"] = 100.0 * rec["flops_compressed"] / rec["flops"]
   if latency and optimizer != "dense" and space is not None and space.num_groups:
     t1 = time.perf_counter()
-    try:
-      rec.update(latency_ratio(art["model"], space, art["variables"], art["x_example"],
-                               R.CONFIGS[task].batch_size))
-    except Exception as e:  # noqa: BLE001 -- report, do not lose the run
-      rec["latency_error"] = f"{type(e).__name__}: {e}"
+    # a failed measurement fails the sweep (no "-" in a results table)
+    rec.update(latency_ratio(art["model"], space, art["variables"], art["x_example"],
+                             R.CONFIGS[task].batch_size))
     rec["latency_seconds"] = time.perf_counter() - t1
   rec["cached"] = False
   T.write_json(rec, path)
