@@ -245,3 +245,45 @@ def test_run_cli_hesso_small(tmp_path, monkeypatch):
   assert r["group_sparsity"] == 0.5 and r["params_kept"] < r["params_total"]
   assert r["history"]["group_sparsity"][-1] == 0.5
   assert r["accuracy"] > 2 * CHANCE
+
+
+@pytest.mark.slow
+def test_study_baselines_and_latency_small(tmp_path):
+  """The seeded study end to end at CI size: every method's record, HESSO's architecture reused by
+  scratch, the L1 mask obeying HESSO's multiple_of rule, exact compression, and the latency script
+  reading the records back."""
+  from experiments import latency, study
+
+  out = tmp_path / "study"
+  study.main(["--small", "--tasks", "mnist1d_mlp", "--sparsities", "0.5", "--seeds", "0",
+              "--methods", "dense", "hesso", "scratch", "l1", "--out", str(out)])
+  runs = {json.loads(p.read_text())["key"]["method"]: json.loads(p.read_text())
+          for p in (out / "runs").glob("*.json")}
+  assert set(runs) == {"dense", "hesso", "scratch", "l1"}
+  summary = json.loads((out / "study.json").read_text())
+  assert summary["provenance"]["packages"]["jax"] == jax.__version__
+  assert runs["scratch"]["pruned"] == runs["hesso"]["pruned"]
+  assert runs["hesso"]["compress_max_abs_diff"] < 1e-4
+  assert runs["l1"]["compress_max_abs_diff"] < 1e-4
+  t = study.Task("mnist1d_mlp", True, 0)
+  ids = t.space_p.space_ids()
+
+  def check_aligned(pruned, what):
+    assert pruned.any(), what
+    for s, sp in enumerate(t.space_p.prunable_spaces):
+      removed = int(pruned[ids == s].sum())
+      kept = sp.size - removed
+      assert removed == 0 or (kept >= study.MULTIPLE_OF and kept % study.MULTIPLE_OF == 0), what
+
+  for name in ("hesso", "l1"):
+    check_aligned(np.asarray(runs[name]["pruned"], bool), name)
+  for target in (23.0, 51.7, 77.7):  # FLOPs budgets off the aligned steps
+    mask = study.l1_mask_at_flops(t, t.variables, target)
+    check_aligned(mask, target)
+    got = t.kept(t.variables, mask, zeroed=False)["flops_kept_pct"]
+    assert abs(got - target) < 10.0, (target, got)
+  latency.main(["--runs", str(out / "runs"), "--repeats", "2", "--inner", "1", "--batch", "32",
+                "--out", str(out)])
+  lat = json.loads((out / "latency.json").read_text())
+  assert sorted(r["method"] for r in lat["rows"]) == ["hesso", "l1"]
+  assert all(r["latency_ratio"] > 0 and r["dense_ms"] > 0 for r in lat["rows"])
