@@ -405,9 +405,10 @@ def main(argv=None) -> None:
   out = pathlib.Path(a.out or T.results_dir("study" + ("_small" if a.small else "")))
   if "hesso" not in a.methods:
     raise SystemExit("--methods must include hesso (the baselines are matched to its result)")
+  prov = provenance()  # of the code that runs, taken before the (long) study
   records = study(a.tasks, a.sparsities, a.seeds, small=a.small, out=out, methods=tuple(a.methods))
   rows = summarise(records)
-  T.write_json({"provenance": provenance(), "command": "python -m experiments.study " +
+  T.write_json({"provenance": prov, "command": "python -m experiments.study " +
                 " ".join(argv if argv is not None else __import__("sys").argv[1:]),
                 "rows": rows, "runs": [{k: v for k, v in r.items() if k != "pruned"} for r in records]},
                out / "study.json")
