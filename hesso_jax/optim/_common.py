@@ -162,10 +162,11 @@ def cond(pred: jax.Array, true_fn: Callable, false_fn: Callable, operands: Any) 
 
 
 def after(signals: Any, tree: Any) -> Any:
-  """``tree`` unchanged, but computed after ``signals`` (arrays the phase ``lax.cond`` calls made).
+  """``tree`` unchanged, but computed after ``signals`` (small arrays the phase conds made).
 
-  Each floating leaf gets ``+ s``, where ``s`` is ``-0.0`` computed from one element of every
-  signal leaf (``-(isnan(v) * 0.0)``: always ``-0.0``, whatever ``v`` is), and ``x + (-0.0) == x``
+  Each floating leaf gets ``+ s``, where ``s`` is ``-0.0`` computed from every signal leaf
+  (``-(sum(isnan(v)) * 0.0)``: always ``-0.0``, whatever ``v`` is; signals should be ``(G,)``
+  vectors or scalars, as the sum reads them whole), and ``x + (-0.0) == x``
   bit for bit for every float, signed zeros and NaNs included. XLA cannot fold ``s`` away, so
   everything computed from the result waits for the conds. That ordering is what lets a donated
   step update the base state and the parameters in place: a cond that reads them (the saliency
@@ -175,9 +176,8 @@ def after(signals: Any, tree: Any) -> Any:
   """
   s = jnp.zeros([], jnp.float32)
   for v in jax.tree_util.tree_leaves(signals):
-    v = jnp.ravel(jnp.asarray(v))
-    if v.size:
-      s = s + jnp.isnan(v[0].astype(jnp.float32)).astype(jnp.float32)
+    # a reduction, not v[0]: indexing a sharded signal is not supported under explicit sharding
+    s = s + jnp.sum(jnp.isnan(jnp.asarray(v).astype(jnp.float32))).astype(jnp.float32)
   s = -(s * 0.0)
 
   def dep(x):

@@ -678,7 +678,8 @@ def _cric_step(
   H = jnp.asarray(cfg.hybrid_steps, jnp.int32)
   factor = jnp.where(ph.cycling, cm.decay_factor(S, ph.jc), cm.decay_factor(H, ph.jh))
   forget = jnp.where(ph.cycling, sets.active, redundant & ph.forgetting)
-  u, base_state = base_update((redundant, score, ratio, cache))
+  # (the restores below read ``cache``, so the update already waits for the snapshot cond)
+  u, base_state = base_update((redundant, score, ratio))
   u_eff = jax.tree_util.tree_map(lambda a: jnp.where(ph.probing, jnp.zeros_like(a), a), u)
   out = cm.masked_updates(
     u_eff,
