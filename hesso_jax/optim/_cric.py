@@ -174,12 +174,13 @@ def probe_update(
   on a measurement step ``ratio`` (projected loss / reference loss) is recorded for trial ``t``.
   """
   ids = jnp.asarray(space.space_ids())
-  within = cm.within_space_rank(jnp.where(jnp.isfinite(score), score, jnp.inf), space)
-  proj_mask = (
-    ph.proj
-    & (ids == ph.trial_ix // num_trials_per_space)
-    & (within < jnp.asarray(ktab)[ph.trial_ix])
-  )
+
+  def project(sc):
+    within = cm.within_space_rank(jnp.where(jnp.isfinite(sc), sc, jnp.inf), space)
+    return (ids == ph.trial_ix // num_trials_per_space) & (within < jnp.asarray(ktab)[ph.trial_ix])
+
+  # the within-space sort only on projection steps (a lax.cond under jit)
+  proj_mask = cm.cond(ph.proj, project, lambda sc: jnp.zeros(sc.shape, bool), score)
   flat = loss_ratio.reshape(-1)
   flat = jnp.where(ph.meas & (jnp.arange(flat.shape[0]) == ph.trial_ix), ratio, flat)
   return proj_mask, flat.reshape(loss_ratio.shape)
@@ -208,7 +209,10 @@ def cycle_update(
   ``tolerance`` groups (empty, by default: the last cycle brought no new candidate) or when
   ``max_cycles`` cycles ran. Every cycling step adds the current bottom ``R`` to the trial set.
   """
-  bottom = cm.lowest_k(score, R)
+  # the global sort only on cycling steps (a lax.cond under jit)
+  bottom = cm.cond(
+    ph.cycling, lambda sc: cm.lowest_k(sc, R), lambda sc: jnp.zeros(sc.shape, bool), score
+  )
   nxt = sets.trial & ~sets.historical
   n_new = jnp.sum(nxt.astype(jnp.int32))
   c = ph.cycle
