@@ -103,7 +103,12 @@ def measure(run_dirs: list[pathlib.Path], batch: int, repeats: int, inner: int) 
 
 def summarise(rows: list[dict]) -> list[dict]:
   groups: dict[tuple, list[dict]] = {}
+  seen = set()
   for r in rows:
+    run = (r["task"], r["seed"], r["sparsity"], r["method"], r["multiple_of"])
+    if run in seen:  # the same run found in two study folders (e.g. seed 0 HESSO): count it once
+      continue
+    seen.add(run)
     groups.setdefault((r["task"], r["sparsity"], r["method"], r["multiple_of"]), []).append(r)
   out = []
   for (task, sp, method, mult), rs in sorted(groups.items()):
