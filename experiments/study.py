@@ -380,8 +380,8 @@ def summarise(records: list[dict]) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-  lines = ["| task | target | method | accuracy (mean ± std, n) | group sparsity | params kept | "
-           "FLOPs kept |", "|---|---:|---|---:|---:|---:|---:|"]
+  lines = ["| task | target | method | accuracy % or perplexity (mean ± std, n) | group sparsity | "
+           "params kept | FLOPs kept |", "|---|---:|---|---:|---:|---:|---:|"]
   for r in rows:
     scale = 100 if r["metric"] == "accuracy" else 1
     pct = lambda k: f"{r[k]:.1f}%" if k in r else "100%"
