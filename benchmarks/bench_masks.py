@@ -42,16 +42,13 @@ def _steps(space, params):
     u, s = base.update(g, s, p)
     return optax.apply_updates(p, u), s
 
-  def broadcast(g, p, s, m):
+  def stored_fn(g, p, s, masks):
     u, s = base.update(g, s, p)
-    masks = space.group_mask_tree(m, p)
     u = jax.tree_util.tree_map(lambda uu, x, z: jnp.where(z, -x, uu), u, p, masks)
     return optax.apply_updates(p, u), s
 
-  def stored_fn(g, p, s, full):
-    u, s = base.update(g, s, p)
-    u = jax.tree_util.tree_map(lambda uu, x, z: jnp.where(z, -x, uu), u, p, full)
-    return optax.apply_updates(p, u), s
+  def broadcast(g, p, s, m):  # the same zeroing, the masks expanded inside the step
+    return stored_fn(g, p, s, space.group_mask_tree(m, p))
 
   return base, mask, stored, {
     "base": jax.jit(plain, donate_argnums=(1, 2)),

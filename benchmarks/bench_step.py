@@ -86,13 +86,17 @@ def _cnn_task(key: jax.Array):
 TASKS = {"mlp": _mlp_task, "cnn": _cnn_task}
 
 
-def _train_step(tx, loss_fn: Callable, cric: bool) -> Callable:
+def _train_body(tx, loss_fn: Callable, cric: bool) -> Callable:
   def step(params, aux, opt_state, x, y):
     (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(params, aux, x, y)
     kw = {"value": loss} if cric else {}
     upd, opt_state = tx.update(g, opt_state, params, **kw)
     return optax.apply_updates(params, upd), aux, opt_state
-  return jax.jit(step)
+  return step
+
+
+def _train_step(tx, loss_fn: Callable, cric: bool) -> Callable:
+  return jax.jit(_train_body(tx, loss_fn, cric))
 
 
 # The timed steps. The phase of a HESSO/CRIC step is a function of the state's ``count`` (and
@@ -112,12 +116,11 @@ def _split(state):
 
 
 def _timed_train(tx, loss_fn: Callable, cric: bool, donate: bool) -> Callable:
+  body = _train_body(tx, loss_fn, cric)
+
   def step(params, aux, rest, phase, x, y):
-    opt_state = rest._replace(**phase) if phase else rest
-    (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(params, aux, x, y)
-    kw = {"value": loss} if cric else {}
-    upd, opt_state = tx.update(g, opt_state, params, **kw)
-    return optax.apply_updates(params, upd), aux, _split(opt_state)[1]
+    params, aux, opt_state = body(params, aux, rest._replace(**phase) if phase else rest, x, y)
+    return params, aux, _split(opt_state)[1]
   return jax.jit(step, donate_argnums=(0, 1, 2) if donate else ())
 
 

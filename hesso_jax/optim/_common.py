@@ -22,6 +22,7 @@ from hesso_jax.space import PRODUCER, SearchSpace, leaves_with_paths, normalize_
 
 __all__ = [
   "after",
+  "base_step",
   "check_int",
   "check_space",
   "check_sparsity",
@@ -159,6 +160,16 @@ def cond(pred: jax.Array, true_fn: Callable, false_fn: Callable, operands: Any) 
   if isinstance(pred, jax.core.Tracer):
     return jax.lax.cond(pred, true_fn, false_fn, operands)
   return true_fn(operands) if bool(pred) else false_fn(operands)
+
+
+def base_step(base: Any, updates: Any, base_state: Any, params: Any, extra_args: dict) -> Any:
+  """(the base transformation's updates cast as :func:`promote_updates` does, its new state).
+
+  The one call both optimizers make for the step's update, for the saliency direction (inside a
+  selection ``lax.cond``) and, with ``after(...)`` around ``base_state``, for the update itself.
+  """
+  u, new_state = base.update(updates, base_state, params, **extra_args)
+  return promote_updates(u, params), new_state
 
 
 def after(signals: Any, tree: Any) -> Any:

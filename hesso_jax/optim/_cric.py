@@ -484,13 +484,12 @@ def hesso_cric(
 
     def direction():
       # Recomputed inside the scoring branch so that ``u`` is never a lax.cond operand.
-      uu, _ = base.update(updates, state.base_state, params, **extra_args)
-      return jax.tree_util.tree_map(jnp.negative, cm.promote_updates(uu, params))
+      uu, _ = cm.base_step(base, updates, state.base_state, params, extra_args)
+      return jax.tree_util.tree_map(jnp.negative, uu)
 
     def base_update(signals):
       # After the conds above (cm.after), so a donated step updates the state in place.
-      uu, bs = base.update(updates, cm.after(signals, state.base_state), params, **extra_args)
-      return cm.promote_updates(uu, params), bs
+      return cm.base_step(base, updates, cm.after(signals, state.base_state), params, extra_args)
 
     out, small, base_state = _cric_step(
       cfg, sp, ph, R, params, cache, ratio, base_update, direction, small

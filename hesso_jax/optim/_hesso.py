@@ -180,8 +180,8 @@ def hesso(
       # Recomputed inside the selection branch from the step's inputs, so that ``u`` is never a
       # lax.cond operand: XLA then fuses the base update, the masked update below and
       # ``optax.apply_updates`` into one pass, as for the base optimizer alone.
-      uu, _ = base.update(updates, state.base_state, params, **extra_args)
-      return jax.tree_util.tree_map(jnp.negative, cm.promote_updates(uu, params))
+      uu, _ = cm.base_step(base, updates, state.base_state, params, extra_args)
+      return jax.tree_util.tree_map(jnp.negative, uu)
 
     redundant = _select(
       sp, weights, multiple_of, R, sched, params, direction, state.redundant, state.pruned
@@ -189,8 +189,7 @@ def hesso(
     # The base update waits for the selection (which reads params and the base state), so a
     # donated step overwrites both in place instead of copying the base state every step.
     base_in = cm.after(redundant, state.base_state)
-    u, base_state = base.update(updates, base_in, params, **extra_args)
-    u = cm.promote_updates(u, params)
+    u, base_state = cm.base_step(base, updates, base_in, params, extra_args)
     out, redundant, pruned = _forget(sp, sched, params, u, redundant, state.pruned)
     return out, HessoState(
       count=optax.safe_int32_increment(state.count),
