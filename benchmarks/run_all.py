@@ -15,7 +15,7 @@ import time
 
 from benchmarks.common import RESULTS
 
-BENCHMARKS = ("discovery", "latency", "align", "step", "masks")
+BENCHMARKS = ("discovery", "latency", "align", "step", "masks", "warmup")
 
 
 def main(argv=None):
@@ -52,6 +52,8 @@ def main(argv=None):
                                  for x in r["rows"] if x["measure"] == "opt")
       elif name == "masks":
         line += "  " + ", ".join(f"{x['variant']}: {x['ratio']:.2f}x" for x in r["rows"])
+      elif name == "warmup":
+        line += "  " + ", ".join(f"{x['width']}/{x['variant']}: {x['ratio']:.2f}x" for x in r["rows"])
     print(line)
   if failed:
     sys.exit(1)

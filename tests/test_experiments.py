@@ -287,3 +287,31 @@ def test_study_baselines_and_latency_small(tmp_path):
   lat = json.loads((out / "latency.json").read_text())
   assert sorted(r["method"] for r in lat["rows"]) == ["hesso", "l1"]
   assert all(r["latency_ratio"] > 0 and r["dense_ms"] > 0 for r in lat["rows"])
+
+
+def test_paired_differences_pair_by_seed_with_the_readme_signs(tmp_path):
+  """experiments.paired pairs each method's run with HESSO's run of the same seed (a seed HESSO
+  lacks is skipped), in points for accuracy and HESSO minus method (CRIC minus HESSO)."""
+  from experiments import paired as P
+
+  acc = {("hesso", 0): 0.90, ("hesso", 1): 0.80, ("l1", 0): 0.85, ("l1", 1): 0.82, ("l1", 2): 0.1,
+         ("hesso_cric", 0): 0.95, ("hesso_cric", 1): 0.70}
+  runs = tmp_path / "runs"
+  runs.mkdir()
+  for (m, seed), a in acc.items():
+    key = {"task": "digits_cnn", "method": m, "sparsity": 0.5, "seed": seed}
+    (runs / f"{m}_{seed}.json").write_text(json.dumps({"key": key, "accuracy": a}))
+  key = {"task": "charlm", "method": "hesso", "sparsity": 0.3, "seed": 0}
+  (runs / "lm_h.json").write_text(json.dumps({"key": key, "perplexity": 5.0}))
+  key = {**key, "method": "scratch"}
+  (runs / "lm_s.json").write_text(json.dumps({"key": key, "perplexity": 5.5}))
+  rows = {(r["task"], r["method"]): r for r in P.paired_rows(P.load_runs(tmp_path))}
+  l1 = rows[("digits_cnn", "l1")]
+  assert l1["seeds"] == [0, 1]  # seed 2 has no HESSO run
+  np.testing.assert_allclose(l1["per_seed"], [5.0, -2.0], atol=1e-9)
+  np.testing.assert_allclose([l1["mean"], l1["std"]], [1.5, np.std([5.0, -2.0], ddof=1)])
+  assert l1["first_better_in"] == 1
+  cric = rows[("digits_cnn", "hesso_cric")]
+  np.testing.assert_allclose(cric["per_seed"], [5.0, -10.0], atol=1e-9)  # CRIC minus HESSO
+  lm = rows[("charlm", "scratch")]
+  assert lm["per_seed"] == [-0.5] and lm["first_better_in"] == 1  # lower perplexity is better

@@ -1,0 +1,112 @@
+"""Where HESSO's warm-up step spends its time over the base optimizer (an ablation).
+
+Before its first selection a HESSO step does three things the base optimizer does not:
+
+* the selection ``lax.cond`` (not taken) and the ``(G,)`` bookkeeping around it;
+* ``after(...)``: the tiny reduction that orders the base update after that cond (so a donated
+  step updates the state in place);
+* the masked update: per element, the ``(G,)`` forget / zero masks broadcast inside the fused
+  ``update + apply_updates`` pass (all false in the warm-up, but still evaluated).
+
+This benchmark times the donated, carried optimizer-only step (``tx.update`` +
+``optax.apply_updates`` on fixed gradients, as ``bench_step``) of plain SGD with momentum, of
+HESSO in its warm-up, and of HESSO with one of the parts removed (``unittest.mock`` patches of
+the private functions, for this measurement only): ``no_mask`` (the update is the base update),
+``no_cond`` (no selection cond and no ``after``). Two MLP widths show whether a cost grows with
+the model (a per-element cost keeps its ratio; a fixed cost shrinks with width).
+
+    python -m benchmarks.bench_warmup [--small]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import hesso_jax as hj
+from benchmarks.bench_step import HESSO_KW, _Carry, _split, _timed_opt
+from benchmarks.common import interleaved, markdown_table, paired_ratio, table, write_json
+from hesso_jax.optim import _common, _hesso
+
+#: variant -> the patches that remove one part of the warm-up step
+VARIANTS: dict[str, Callable[[], list]] = {
+  "hesso": lambda: [],
+  "no_mask": lambda: [mock.patch.object(_common, "masked_updates", lambda u, *a, **k: u)],
+  "no_cond": lambda: [
+    mock.patch.object(_hesso, "_select", lambda *a: a[7]),  # returns `redundant` unchanged
+    mock.patch.object(_common, "after", lambda signals, tree: tree),
+  ],
+}
+
+
+def _mlp(width: int, key: jax.Array):
+  dims = (784, width, width, 10)
+  params, spaces = {}, []
+  for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+    key, k = jax.random.split(key)
+    params[f"l{i}"] = {"kernel": jax.random.normal(k, (a, b)) / np.sqrt(a), "bias": jnp.zeros(b)}
+  for i in range(len(dims) - 2):
+    spaces.append(hj.ChannelSpace(dims[i + 1], (
+      hj.AxisSlice((f"l{i}", "kernel"), 1), hj.AxisSlice((f"l{i}", "bias"), 0),
+      hj.AxisSlice((f"l{i + 1}", "kernel"), 0, hj.CONSUMER)), name=f"h{i}"))
+  return params, hj.SearchSpace(tuple(spaces))
+
+
+def bench_width(width: int, repeats: int, inner: int) -> list[dict]:
+  params, space = _mlp(width, jax.random.PRNGKey(0))
+  grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 1e-2), params)
+  base = optax.sgd(1e-2, momentum=0.9)
+  st = base.init(params)
+  calls = {"sgd": _Carry(_timed_opt(base, False, True).lower(grads, params, st, {}).compile(),
+                         params, {}, st, (grads,), False, True)}
+  for name, patches in VARIANTS.items():
+    ps = patches()
+    for p in ps:
+      p.start()
+    try:  # the patches act while the step is traced and compiled
+      tx = hj.hesso(base, space, **HESSO_KW)
+      st = tx.init(params)
+      phase, rest = _split(st)
+      step = _timed_opt(tx, False, True).lower(grads, params, rest, phase).compile()
+    finally:
+      for p in ps:
+        p.stop()
+    calls[name] = _Carry(step, params, {}, st, (grads,), False, True)
+  times = interleaved(calls, repeats=repeats, inner=inner, warmup=3)
+  n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+  rows = []
+  for name in VARIANTS:
+    r = paired_ratio(times[name], times["sgd"])
+    rows.append({"width": width, "params": n_params, "variant": name,
+                 "median_us": 1e6 * float(np.median(times[name])),
+                 "sgd_us": 1e6 * float(np.median(times["sgd"])),
+                 "ratio": r["median"], "q25": r["q25"], "q75": r["q75"]})
+  return rows
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--small", action="store_true", help="fewer repeats, one width (a quick check)")
+  a = ap.parse_args(argv)
+  repeats, inner, widths = (7, 5, (256,)) if a.small else (40, 20, (1024, 2048))
+  rows = [r for w in widths for r in bench_width(w, repeats, inner)]
+  write_json("warmup", {"small": a.small, "repeats": repeats, "inner": inner, "hesso": HESSO_KW,
+                        "rows": rows})
+  fmt = {c: "{:.3f}" for c in ("ratio", "q25", "q75")}
+  fmt.update(median_us="{:.0f}", sgd_us="{:.0f}")
+  print("\n== HESSO warm-up step (donated, optimizer only), ratio to SGD(momentum) ==")
+  print(table(rows, ["width", "params", "variant", "median_us", "sgd_us", "ratio", "q25", "q75"],
+              fmt))
+  print()
+  print(markdown_table(rows, ["width", "variant", "ratio", "q25", "q75"],
+                       {"ratio": "{:.2f}x", "q25": "{:.2f}", "q75": "{:.2f}"}))
+
+
+if __name__ == "__main__":
+  main()
