@@ -7,8 +7,8 @@ task, target sparsity and method, pairs the method's run with HESSO's run of the
 data order and initialisation) and reports the mean ± sample std of ``HESSO - method`` over the
 seeds both have, plus in how many seeds HESSO was better. Accuracy differences are in points
 (positive: HESSO more accurate); perplexity differences are HESSO minus method (negative: HESSO
-better). ``hesso_cric`` is reported the other way round (CRIC minus HESSO), as the README states
-it. Writes ``paired.json`` and ``paired.md`` into each folder and prints the table.
+better). The CRIC variants are reported the other way round (CRIC minus HESSO), as the README
+states them. Writes ``paired.json`` and ``paired.md`` into each folder and prints the table.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from experiments import train as T
 
 #: methods compared against HESSO, and the sign convention of each row
-_AGAINST = ("scratch", "l1", "hesso_ref", "hesso_m1", "hesso_cric")
+_AGAINST = ("scratch", "l1", "hesso_ref", "hesso_m1", "hesso_cric", "hesso_cric_imm")
 
 
 def load_runs(folder: pathlib.Path) -> list[dict]:
@@ -58,12 +58,12 @@ def paired_rows(runs: list[dict]) -> list[dict]:
     metric, _ = _value(by[(task, method, sp, seeds[0])])
     h = np.array([_value(by[(task, "hesso", sp, sd)])[1] for sd in seeds])
     o = np.array([_value(by[(task, method, sp, sd)])[1] for sd in seeds])
-    cric = method == "hesso_cric"
+    cric = method.startswith("hesso_cric")
     diff = (o - h) if cric else (h - o)
     # "better": the first-named method (CRIC for hesso_cric, HESSO otherwise) did better
     better = (diff < 0) if metric == "perplexity" else (diff > 0)
     rows.append({"task": task, "sparsity": sp, "method": method, "metric": metric,
-                 "difference": "hesso_cric - hesso" if cric else f"hesso - {method}",
+                 "difference": f"{method} - hesso" if cric else f"hesso - {method}",
                  "seeds": seeds, "per_seed": diff.tolist(), "mean": float(diff.mean()),
                  "std": float(diff.std(ddof=1)) if len(seeds) > 1 else 0.0,
                  "first_better_in": int(better.sum())})

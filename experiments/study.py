@@ -24,7 +24,9 @@ number of optimizer steps and the same base optimizer (``experiments.run.CONFIGS
 (d'') ``hesso_m1`` (opt-in): HESSO with ``multiple_of=1`` in the optimizer and in compress (odd
     widths; for the latency comparison in ``experiments.latency``);
 (e) ``hesso_cric``: ``hj.hesso_cric`` with ``multiple_of=8`` and a schedule that ends where HESSO's
-    does (``experiments.sweep.comparable_cric_schedule``).
+    does (``experiments.sweep.comparable_cric_schedule``);
+(e') ``hesso_cric_imm`` (opt-in): the same with ``cycle_forgetting="immediate"`` (the reference's
+    cycle schedule: each violating set zeroed at the cycle's first step).
 
 FLOPs and parameters kept are those of ``hj.compress(..., multiple_of=8)`` (widths aligned to 8).
 Each run is cached as JSON under ``results/study/runs/``, keyed by the sha1 of the whole
@@ -55,7 +57,8 @@ import hesso_jax as hj
 from experiments import run as R
 from experiments import train as T
 
-METHODS = ("dense", "scratch", "l1", "hesso", "hesso_ref", "hesso_m1", "hesso_cric")
+METHODS = ("dense", "scratch", "l1", "hesso", "hesso_ref", "hesso_m1", "hesso_cric",
+           "hesso_cric_imm")
 DEFAULT_METHODS = ("dense", "scratch", "l1", "hesso", "hesso_cric")
 MULTIPLE_OF = 8
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scikit-learn", "mnist1d")
@@ -211,13 +214,13 @@ def run_hesso(t: Task, sparsity: float, schedule: dict | None = None,
           "schedule": sched, "multiple_of": multiple_of}, pruned
 
 
-def run_cric(t: Task, sparsity: float) -> dict:
+def run_cric(t: Task, sparsity: float, cycle_forgetting: str = "gradual") -> dict:
   from experiments.sweep import comparable_cric_schedule
 
   kw = comparable_cric_schedule(t.steps, len(t.space_p.prunable_spaces),
                                 max_cycle_period=2 if t.small else 5)
   tx = hj.hesso_cric(t.base(t.steps), t.space_p, target_group_sparsity=sparsity,
-                     multiple_of=MULTIPLE_OF, **kw)
+                     multiple_of=MULTIPLE_OF, cycle_forgetting=cycle_forgetting, **kw)
   res = t.train(t.variables, tx, t.steps, value_fn=True)  # same-minibatch losses
   pruned = zero_mask_of(t.space_p, res.variables["params"])
   st = res.opt_state
@@ -351,6 +354,8 @@ def study(tasks, sparsities, seeds, *, small: bool, out: pathlib.Path, methods=M
             if "v" not in warm:  # dense came from the cache: recompute its warm-up
               _, warm["v"] = run_dense(t)
             fn = lambda: run_l1(t, warm["v"], h["flops_kept_pct"])
+          elif method == "hesso_cric_imm":
+            fn = lambda: run_cric(t, sp, "immediate")
           else:
             fn = lambda: run_cric(t, sp)
           records.append(_cached(runs_dir / f"{stem}_{method}_s{sp:g}.json", key(method, sp), fn))

@@ -133,6 +133,69 @@ def test_phase_boundaries_restores_and_cycles():
   np.testing.assert_array_equal(np.asarray(hj.pruned_mask(st)), red)
 
 
+def test_immediate_cycle_forgetting_zeroes_at_once_and_stops_after_one_cycle():
+  """The reference's cycle schedule: the violating set is zero right after the boundary, its
+  regrowth is damped by (S-1)/S, ..., 1/2, and as the zeroed set fills the bottom R nothing new
+  enters the trial set: cycling ends after one cycle where the gradual default (the test above,
+  same planted case) runs a second one."""
+  params, space = mlp()
+  G = space.num_groups
+  norms = np.array([0.1, 0.2, 0.3, 0.45, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9])
+  params = with_group_norms(params, space, norms)
+  c0, S, C, H, s = 2, 3, 4, 2, 0.25
+  P0 = c0 + 2 * 2 * 3
+  kw = dict(target_group_sparsity=s, start_cric_step=c0, sampling_steps=S, max_cycle_period=C,
+            hybrid_training_steps=H, importance={"magnitude": 1.0, "loss": 0.0})
+  tx = hj.hesso_cric(shrink_group(space, 3, 0.9, P0), space, cycle_forgetting="immediate", **kw)
+  sched = cric_schedule(space, **{k: v for k, v in kw.items() if k not in (
+    "target_group_sparsity", "importance")})
+  _, st, hist = run(tx, params, sched["latest_done"] + 2)
+  np.testing.assert_array_equal(np.nonzero(np.asarray(hist[P0][1].active))[0], [0, 1, 2])
+  assert np.all(np.asarray(space.group_norms(hist[P0][0]))[:3] == 0.0)  # zeroed at once
+  assert np.asarray(space.group_norms(hist[P0][0]))[3] > 0.0
+  # cycling ends at the next boundary: nothing new fell into the bottom R
+  end = P0 + S + 1
+  assert int(hist[end - 1][1].end) == end and int(hist[end - 2][1].end) > 10 ** 9
+  assert not np.any(np.asarray(hist[end - 2][1].trial))
+  chex.assert_trees_all_equal(hist[end - 1][0], hist[c0 - 1][0])  # final restore
+  red = np.asarray(hist[end - 1][1].redundant)
+  np.testing.assert_array_equal(np.nonzero(red)[0], [0, 1, 2])
+  assert int(st.pruned.sum()) == math.floor(G * s)
+  for p, _ in hist[end + H - 1:]:
+    assert np.all(np.asarray(space.group_norms(p))[red] == 0.0)
+
+
+def test_immediate_cycle_factors_follow_the_reference():
+  """Factors at the cycle's steps j = 0..S-1: 0, then (S-j)/(S-j+1) on the regrown weights."""
+  params, space = mlp()
+  norms = np.array([0.1, 0.2, 0.3, 0.45, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9])
+  params = with_group_norms(params, space, norms)
+  c0, S = 2, 4
+  P0 = c0 + 2 * 2 * 3
+  # a base with u = 0.5 x + 0.01 everywhere from the first cycle step on
+  half = optax.GradientTransformation(
+    lambda p: jnp.zeros([], jnp.int32),
+    lambda u, c, params=None: (jax.tree_util.tree_map(
+      lambda x: jnp.where(c >= P0, 0.5 * x + 0.01, 0.0 * x), params), c + 1))
+  tx = hj.hesso_cric(half, space, target_group_sparsity=0.25, start_cric_step=c0,
+                     sampling_steps=S, max_cycle_period=1, hybrid_training_steps=2,
+                     importance={"magnitude": 1.0, "loss": 0.0}, cycle_forgetting="immediate")
+  _, _, hist = run(tx, params, P0 + S)
+  prev = hist[P0][0]
+  assert np.all(np.asarray(space.group_norms(prev))[:3] == 0.0)
+  mask = space.group_mask_tree(jnp.zeros((space.num_groups,), bool).at[:3].set(True), params)
+  for j in range(1, S):
+    p = hist[P0 + j][0]
+    want = jax.tree_util.tree_map(
+      lambda x, m: jnp.where(m, (1.5 * x + 0.01) * (S - j) / (S - j + 1), 1.5 * x + 0.01),
+      prev, mask)
+    # only producer slices of the violating set are scaled; compare those
+    got_n = np.asarray(space.group_norms(p))[:3]
+    want_n = np.asarray(space.group_norms(want))[:3]
+    np.testing.assert_allclose(got_n, want_n, rtol=1e-5)
+    prev = p
+
+
 @pytest.mark.parametrize("s", [0.3, 0.6])
 def test_final_count_and_exact_zeros_with_real_training(s):
   params, space = mlp(seed=3)

@@ -301,6 +301,7 @@ def hesso_cric(
   trial_sparsities: Sequence[float] = (0.25, 0.5, 0.75),
   importance: Mapping[str, float] = DEFAULT_CRIC_IMPORTANCE,
   multiple_of: ArrayLike = 1,
+  cycle_forgetting: str = "gradual",
 ) -> optax.GradientTransformationExtraArgs:
   """HESSO-CRIC: probe, correct, then select ``R`` groups at once and forget them like HESSO.
 
@@ -361,6 +362,16 @@ def hesso_cric(
   Probing and cycle steps recompute the base update for the saliency reductions (behind a
   ``lax.cond``); the final ranking runs only on the termination step.
 
+  When cycling stops: a cycle adds to the trial set the groups that fall into the bottom ``R``
+  while its violating set is being forgotten; the next cycle tests those not tested yet, and an
+  empty set ends the cycles (``tolerance``). How fast the violating set shrinks decides this.
+  With ``cycle_forgetting="immediate"`` (the reference) it is zero from the first step, so the
+  bottom ``R`` is mostly that zeroed set itself, few other groups enter, and cycling nearly always
+  ends after the first cycle. With ``"gradual"`` (the default) the set keeps part of its weight
+  through the cycle, so groups that only look important next to it can fall into the bottom ``R``
+  and get tested, and more cycles run (up to ``max_cycle_period``). An early stop therefore
+  reflects the forgetting schedule, not that the ranking has converged.
+
   Why final counts may sit on trial-sparsity boundaries: the loss criterion is constant on each
   *band* of a space (the groups first removed by the same trial projection, i.e. within-space
   saliency ranks in ``[floor(n_s*tau_{i-1}), floor(n_s*tau_i))``). When the loss term is large
@@ -376,7 +387,8 @@ def hesso_cric(
   Like :func:`hesso_jax.hesso`, this must be the outermost transformation. Departures from the
   reference (only_train_once ``HESSOCRIC``): ``start_cric_step=0`` works (0-based count);
   probing records saliency only on the unprojected parameters; the cycle forgetting factor
-  starts at ``(S-1)/S`` on the restored parameters (the reference zeroes at once, then damps);
+  starts at ``(S-1)/S`` on the restored parameters (the reference zeroes at once, then damps;
+  ``cycle_forgetting="immediate"`` follows it);
   the final ranking excludes nothing (the reference's important list excludes the last violating
   set); unprunable spaces keep training during cycles (the reference freezes them); non-finite
   scores or loss ratios make groups never selected. The loss term is a per-group criterion in
@@ -396,6 +408,10 @@ def hesso_cric(
     trial_sparsities: fractions of each space zeroed in the probes (each in (0, 1)).
     importance: saliency criteria weights plus ``'loss'`` (the loss-ratio weight).
     multiple_of: kept groups per pruned space are a multiple of this (>= 1).
+    cycle_forgetting: ``"gradual"`` (default): a violating set is forgotten over the cycle with
+      factors ``(S-1)/S, ..., 0`` on the restored parameters. ``"immediate"``: the reference's
+      schedule: zeroed at the cycle's first step, then its regrowth damped by ``(S-1)/S, ...,
+      1/2`` (see "When cycling stops" above).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update(grads, state, params, *, value=None,
@@ -430,6 +446,10 @@ def hesso_cric(
     importance=importance,
     multiple_of=multiple_of,
   )
+  if cycle_forgetting not in ("gradual", "immediate"):
+    raise ValueError(
+      f"cycle_forgetting must be 'gradual' or 'immediate', got {cycle_forgetting!r}"
+    )
   cm.warn_if_unreachable(space, target_group_sparsity, multiple_of)
   base = optax.with_extra_args_support(base_tx)
   G = space.num_groups
@@ -450,6 +470,7 @@ def hesso_cric(
     tolerance,
     sampling_steps,  # type: ignore[arg-type]
     hybrid_training_steps,  # type: ignore[arg-type]
+    cycle_forgetting == "immediate",
   )
 
   def init_fn(params):
@@ -599,6 +620,7 @@ class _Config(NamedTuple):
   tolerance: ArrayLike
   sampling_steps: ArrayLike
   hybrid_steps: ArrayLike
+  immediate: bool  # cycle_forgetting="immediate": zero the violating set at the cycle's start
 
 
 def _loss_terms(
@@ -679,7 +701,11 @@ def _cric_step(
 
   S = jnp.asarray(cfg.sampling_steps, jnp.int32)
   H = jnp.asarray(cfg.hybrid_steps, jnp.int32)
-  factor = jnp.where(ph.cycling, cm.decay_factor(S, ph.jc), cm.decay_factor(H, ph.jh))
+  if cfg.immediate:  # the reference: 0 at the boundary, then (S-1)/S, ..., 1/2 on the regrowth
+    cycle_factor = jnp.where(ph.jc == 0, 0.0, cm.decay_factor(S + 1, ph.jc))
+  else:  # (S-1)/S, ..., 0: exactly zero at the cycle's last step
+    cycle_factor = cm.decay_factor(S, ph.jc)
+  factor = jnp.where(ph.cycling, cycle_factor, cm.decay_factor(H, ph.jh))
   forget = jnp.where(ph.cycling, sets.active, redundant & ph.forgetting)
   # (the restores below read ``cache``, so the update already waits for the snapshot cond)
   u, base_state = base_update((redundant, score, ratio))
