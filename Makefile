@@ -57,7 +57,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
 
 lint: $(STAMP)
-	$(PY) -m ruff check hesso_jax tools
+	$(PY) -m ruff check hesso_jax tools tests experiments benchmarks
 	$(PY) -m ruff format --check hesso_jax tools
 
 typecheck: $(STAMP)

@@ -59,7 +59,7 @@ def profile_discovery(name="7B", top=15):
   pr.disable()
   st = pstats.Stats(pr)
   rows = []
-  for (file, line, fn), (cc, nc, tt, ct, _) in st.stats.items():
+  for (file, line, fn), (_, nc, tt, ct, _) in st.stats.items():
     rows.append({"function": f"{re.sub(r'.*site-packages/|.*/work/main/', '', file)}:{line}({fn})",
                  "calls": nc, "tottime_s": tt, "cumtime_s": ct})
   total = sum(r["tottime_s"] for r in rows)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

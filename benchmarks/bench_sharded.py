@@ -64,7 +64,8 @@ def main():
   import jax
   import numpy as np
   import optax
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
 
   import hesso_jax as hj
 

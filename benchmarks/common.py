@@ -6,7 +6,7 @@ import json
 import os
 import platform
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np

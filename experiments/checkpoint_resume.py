@@ -64,7 +64,8 @@ def train_phase(args):
   import jax
   import jax.numpy as jnp
   import optax
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
 
   import hesso_jax as hj
   from experiments.data import load_digits

@@ -26,8 +26,8 @@ import time
 import jax
 
 from experiments import sweep as SW
-from hesso_jax.optim.cric import DEFAULT_CRIC_IMPORTANCE
 from experiments import train as T
+from hesso_jax.optim.cric import DEFAULT_CRIC_IMPORTANCE
 
 
 def main(argv=None):

@@ -7,7 +7,7 @@ running statistics in the ``'batch_stats'`` collection (pass ``mutable=['batch_s
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from hesso_jax.examples import DigitsCNN
-
 from hesso_jax.space import CONSUMER, PRODUCER, STATE, AxisSlice, ChannelSpace, SearchSpace
 
 __all__ = ["DigitsCNN", "ResNetSmall", "BasicBlock", "MNIST1DMLP", "MNIST1DCNN", "CharGPT",

@@ -18,7 +18,8 @@ import math
 import os
 import pathlib
 import time
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import flax.linen as nn
 import jax

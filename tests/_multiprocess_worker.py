@@ -75,7 +75,8 @@ class _Run:
     import jax
     import jax.numpy as jnp
     import optax
-    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+    from jax.sharding import AxisType, NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     import hesso_jax as hj
 
@@ -313,7 +314,7 @@ def _launch(phase: str, workdir: str, nproc: int) -> tuple[list, list]:
   env.pop("XLA_FLAGS", None)
   procs, logs = [], []
   for i in range(nproc):
-    log = open(os.path.join(workdir, f"{phase}_p{i}.log"), "w+")
+    log = open(os.path.join(workdir, f"{phase}_p{i}.log"), "w+")  # noqa: SIM115 (closed below)
     procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), phase, workdir,
                                    str(i), str(port)], stdout=log, stderr=subprocess.STDOUT,
                                   env=env, cwd=ROOT))

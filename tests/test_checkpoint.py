@@ -2,12 +2,12 @@
 
 import dataclasses
 
+import _multidevice_worker as W
 import jax
 import optax
 import pytest
 
 import hesso_jax as hj
-import _multidevice_worker as W
 
 
 @pytest.fixture(scope="module")

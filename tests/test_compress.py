@@ -7,10 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import zoo
 
 import hesso_jax as hj
-
-import zoo
 
 CASES = {b.__name__: b for b in zoo.ZOO}
 

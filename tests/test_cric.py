@@ -9,12 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from mlp_case import DIMS, forward, loss_fn, mlp, traced_step
 
 import hesso_jax as hj
 from hesso_jax.optim.cric import cric_schedule
 from hesso_jax.space import CONSUMER, AxisSlice, ChannelSpace, SearchSpace
-from mlp_case import DIMS, forward, loss_fn, mlp, traced_step
-
 
 X = jax.random.normal(jax.random.PRNGKey(1), (16, DIMS[0]))
 Y = jax.random.normal(jax.random.PRNGKey(2), (16, DIMS[-1]))
@@ -128,7 +127,7 @@ def test_phase_boundaries_restores_and_cycles():
     n = np.asarray(space.group_norms(p))
     assert np.all(n[red] <= cache_n[red] * (H - j - 1) / H * (1 + 1e-5) + 1e-12)
   assert int(hist[end + H - 1][1].pruned.sum()) == R
-  for p, stt in hist[end + H - 1:]:
+  for p, _ in hist[end + H - 1:]:
     assert np.all(np.asarray(space.group_norms(p))[red] == 0.0)
   np.testing.assert_array_equal(np.asarray(hj.pruned_mask(st)), red)
 

@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from mlp_case import DIMS, loss_fn, mlp
 
 import hesso_jax as hj
 from hesso_jax.optim import _cric
 from hesso_jax.space import AxisSlice, ChannelSpace, SearchSpace
-from mlp_case import DIMS, loss_fn, mlp
 
 X = jax.random.normal(jax.random.PRNGKey(1), (16, DIMS[0]))
 Y = jax.random.normal(jax.random.PRNGKey(2), (16, DIMS[-1]))
@@ -128,7 +128,7 @@ def test_loss_criterion_matches_numpy():
   got = np.asarray(_cric.loss_criterion(jnp.asarray(ratio), mean, space, ktab))
   cost = np.maximum.accumulate(np.log(np.maximum(ratio, 1.0)), axis=1)  # ktab rows ascend
   want = []
-  for g, (s, rank) in enumerate([(0, 3), (0, 0), (0, 2), (0, 1), (1, 0), (1, 2), (1, 1)]):
+  for s, rank in [(0, 3), (0, 0), (0, 2), (0, 1), (1, 0), (1, 2), (1, 1)]:
     first = [t for t in range(2) if rank < ktab[s, t]]
     want.append(cost[s, first[0]] if first else cost[s].max())
   want = np.asarray(want)

@@ -6,11 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import zoo
 
 import hesso_jax as hj
 from hesso_jax.space import CONSUMER, STATE
-
-import zoo
 
 CASES = {b.__name__: b for b in zoo.ZOO}
 
@@ -166,8 +165,8 @@ def test_control_flow_and_calls():
 
 
 def test_nnx_and_equinox_front_ends():
-  from flax import nnx
   import equinox as eqx
+  from flax import nnx
 
   class M(nnx.Module):
     def __init__(self, rngs):

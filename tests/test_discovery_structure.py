@@ -12,11 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import zoo
 
 import hesso_jax as hj
 from hesso_jax.space import CONSUMER, PRODUCER, path_str
-
-import zoo
 
 
 def _members(space, path, axis=1):

@@ -12,12 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import zoo
 
 import hesso_jax as hj
 from hesso_jax.discovery import analysis
 from hesso_jax.space import CONSUMER, STATE
-
-import zoo
 
 FOLD_CASES = {b.__name__: b for b in zoo.FOLD_ZOO}
 

@@ -7,10 +7,9 @@ reference run, and the 2-process checkpoints restored into one process). The tes
 they wrote. Marked ``multiprocess`` (``make test-multiprocess``).
 """
 
+import _multiprocess_worker as W
 import numpy as np
 import pytest
-
-import _multiprocess_worker as W
 
 pytestmark = pytest.mark.multiprocess
 

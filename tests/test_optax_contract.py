@@ -11,10 +11,9 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-
-import hesso_jax as hj
 from mlp_case import DIMS, loss_fn, mlp, mlp_space, traced_step
 
+import hesso_jax as hj
 
 X = jax.random.normal(jax.random.PRNGKey(1), (16, DIMS[0]))
 Y = jax.random.normal(jax.random.PRNGKey(2), (16, DIMS[-1]))
@@ -83,7 +82,7 @@ def test_multisteps_wrapper(kind):
     return optax.apply_updates(p, u), st
 
   p = params
-  for i in range(3 * (STEPS[kind] + 1)):
+  for _ in range(3 * (STEPS[kind] + 1)):
     p, st = step(p, st)
     mask = hj.pruned_mask(st)
     _assert_pruned_zero(space, p, mask)

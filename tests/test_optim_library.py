@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from mlp_case import mlp
 
 import hesso_jax as hj
-from mlp_case import loss_fn, mlp
 
 X = jax.random.normal(jax.random.PRNGKey(1), (16, 4))
 Y = jax.random.normal(jax.random.PRNGKey(2), (16, 3))
@@ -146,7 +146,7 @@ def _full_size_ops(tx, params, value=False, donate=False, op="fusion"):
   jitted = jax.jit(step, donate_argnums=(1, 2) if donate else ())
   txt = jitted.lower(g, params, tx.init(params)).compile().as_text()
   entry = txt[txt.index("\nENTRY"):]
-  return len(re.findall(r"= f32\[(?:64,128|128,128)\]\S* %s\(" % op, entry))
+  return len(re.findall(rf"= f32\[(?:64,128|128,128)\]\S* {op}\(", entry))
 
 
 def _full_size_fusions(tx, params, value=False):

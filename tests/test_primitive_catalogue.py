@@ -1,6 +1,5 @@
 """The primitive catalogue: every primitive models emit has a rule or a documented verdict."""
 
-import jax
 import jax.numpy as jnp
 import pytest
 

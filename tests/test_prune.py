@@ -15,7 +15,6 @@ from hesso_jax import AxisSlice as A
 from hesso_jax import ChannelSpace as C
 from hesso_jax.space import CONSUMER, STATE
 
-
 # ----------------------------------------------------------------------------------------------
 # fixtures: a tiny MLP with a batch-norm-like state, written as a linen-style variables dict
 # ----------------------------------------------------------------------------------------------

@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from mlp_case import DIMS, loss_fn, mlp
 
 import hesso_jax as hj
-from mlp_case import DIMS, loss_fn, mlp
 
 EPS = 1e-8
 HIDDEN = DIMS[1:-1]                       # the prunable spaces, in space order

@@ -5,14 +5,15 @@ The 8-device runs happen in a subprocess (tests/_multidevice_worker.py, XLA_FLAG
 assert on its measurements. Cheap in-process tests cover the sharding maps themselves.
 """
 
+import _multidevice_worker as W
 import jax
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import hesso_jax as hj
-import _multidevice_worker as W
 
 
 @pytest.fixture(scope="module")

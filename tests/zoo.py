@@ -8,7 +8,8 @@ groups derived by hand (see each builder's comment) and expected verdicts for un
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -9,9 +9,9 @@ space that ties q/k head dims to v head dims does not match either expectation.
 
 from __future__ import annotations
 
-import hesso_jax as hj
-
 from wild_models import Expected
+
+import hesso_jax as hj
 
 
 def channel_indices(space: hj.ChannelSpace, path: str, axis: int) -> list[frozenset] | None:

@@ -16,14 +16,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import matching
 import numpy as np
 import optax
 import pytest
+import wild_models
 
 import hesso_jax as hj
-
-import matching
-import wild_models
 
 pytestmark = pytest.mark.wild
 
@@ -31,7 +30,7 @@ NAMES = sorted(wild_models.BUILDERS)
 RTOL_OUTPUT_SCALE_F32 = 1e-5
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _case_and_space(name: str):
   case = wild_models.BUILDERS[name]()
   return case, hj.discover(case.fn, case.variables, *case.args)
