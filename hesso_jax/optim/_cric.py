@@ -447,9 +447,7 @@ def hesso_cric(
     multiple_of=multiple_of,
   )
   if cycle_forgetting not in ("gradual", "immediate"):
-    raise ValueError(
-      f"cycle_forgetting must be 'gradual' or 'immediate', got {cycle_forgetting!r}"
-    )
+    raise ValueError(f"cycle_forgetting must be 'gradual' or 'immediate', got {cycle_forgetting!r}")
   cm.warn_if_unreachable(space, target_group_sparsity, multiple_of)
   base = optax.with_extra_args_support(base_tx)
   G = space.num_groups
@@ -508,13 +506,12 @@ def hesso_cric(
       uu, _ = cm.base_step(base, updates, state.base_state, params, extra_args)
       return jax.tree_util.tree_map(jnp.negative, uu)
 
-    def base_update(signals):
-      # After the conds above (cm.after), so a donated step updates the state in place.
-      return cm.base_step(base, updates, cm.after(signals, state.base_state), params, extra_args)
-
-    out, small, base_state = _cric_step(
-      cfg, sp, ph, R, params, cache, ratio, base_update, direction, small
-    )
+    small, proj_mask, score = _cric_select(cfg, sp, ph, R, ratio, params, direction, small)
+    # The base update waits for the conds above (which read params and the base state), so a
+    # donated step overwrites both in place instead of copying them every step.
+    base_in = cm.after((small.redundant, score, ratio), state.base_state)
+    u, base_state = cm.base_step(base, updates, base_in, params, extra_args)
+    out, small = _cric_forget(cfg, sp, ph, params, cache, u, proj_mask, small)
     return out, small._replace(count=count, cache=cache, base_state=base_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -651,23 +648,22 @@ def _loss_terms(
   return ref_loss, jnp.where(den != 0, num / den, jnp.inf)
 
 
-def _cric_step(
+def _cric_select(
   cfg: _Config,
   sp: SearchSpace,
   ph: CricPhase,
   R: jax.Array,
-  params: Any,
-  cache: Any,
   ratio: jax.Array,
-  base_update: Callable[[Any], tuple[Any, Any]],
+  params: Any,
   direction: Callable[[], Any],
   st: CricState,
-) -> tuple[Any, CricState, Any]:
-  """One step on the small state fields ``st`` (every phase; masks are all-false where idle).
+) -> tuple[CricState, jax.Array, jax.Array]:
+  """The small-state half of a step: scores, probes, cycle sets and the final selection.
 
-  The saliency (of ``direction()``) and the final ranking sit behind ``lax.cond``s on their
-  phases; ``base_update(signals)`` gives the base update and state once they are done; the
-  update is one elementwise expression per leaf. Returns (updates, small state, base state).
+  The saliency (of ``direction()``), the sorts and the final ranking sit behind ``lax.cond``s on
+  their phases. Returns (the small state fields after this step's bookkeeping, the groups a
+  probe zeroes this step, the recorded score). ``redundant`` is the final selection from the
+  termination step on; committing it as pruned is :func:`_cric_forget`'s.
   """
   G = sp.num_groups
   record = ph.proj | ph.cycling
@@ -697,8 +693,36 @@ def _cric_step(
     lambda ops: st.redundant,
     (score_sum, score_count, loss_ratio),
   )
-  end = jnp.where(sets.terminate, st.count + 1, st.end)
+  new = st._replace(
+    redundant=redundant,
+    active=sets.active,
+    trial=sets.trial,
+    historical=sets.historical,
+    score_sum=score_sum,
+    score_count=score_count,
+    loss_ratio=loss_ratio,
+    end=jnp.where(sets.terminate, st.count + 1, st.end),
+  )
+  return new, proj_mask, score
 
+
+def _cric_forget(
+  cfg: _Config,
+  sp: SearchSpace,
+  ph: CricPhase,
+  params: Any,
+  cache: Any,
+  u: Any,
+  proj_mask: jax.Array,
+  st: CricState,
+) -> tuple[Any, CricState]:
+  """The update half of a step: one elementwise expression per leaf (fused with the base update
+  and ``apply_updates``), and the commit of the selection at the end of hybrid training.
+
+  Probing steps move nothing but the projection; measurement and cycle-boundary steps restore
+  the cache; the cycle's violating set or the final selection is forgotten; pruned groups and
+  this step's projection are zeroed.
+  """
   S = jnp.asarray(cfg.sampling_steps, jnp.int32)
   H = jnp.asarray(cfg.hybrid_steps, jnp.int32)
   if cfg.immediate:  # the reference: 0 at the boundary, then (S-1)/S, ..., 1/2 on the regrowth
@@ -706,9 +730,7 @@ def _cric_step(
   else:  # (S-1)/S, ..., 0: exactly zero at the cycle's last step
     cycle_factor = cm.decay_factor(S, ph.jc)
   factor = jnp.where(ph.cycling, cycle_factor, cm.decay_factor(H, ph.jh))
-  forget = jnp.where(ph.cycling, sets.active, redundant & ph.forgetting)
-  # (the restores below read ``cache``, so the update already waits for the snapshot cond)
-  u, base_state = base_update((redundant, score, ratio))
+  forget = jnp.where(ph.cycling, st.active, st.redundant & ph.forgetting)
   u_eff = jax.tree_util.tree_map(lambda a: jnp.where(ph.probing, jnp.zeros_like(a), a), u)
   out = cm.masked_updates(
     u_eff,
@@ -721,17 +743,7 @@ def _cric_step(
     restore_when=ph.meas | ph.boundary,
   )
   commit = ph.forgetting & (ph.jh == H - 1)
-  pruned = jnp.where(commit, st.pruned | redundant, st.pruned)
-  redundant = jnp.where(commit, jnp.zeros_like(redundant), redundant)
-  new = st._replace(
-    redundant=redundant,
-    pruned=pruned,
-    active=sets.active,
-    trial=sets.trial,
-    historical=sets.historical,
-    score_sum=score_sum,
-    score_count=score_count,
-    loss_ratio=loss_ratio,
-    end=end,
+  return out, st._replace(
+    pruned=jnp.where(commit, st.pruned | st.redundant, st.pruned),
+    redundant=jnp.where(commit, jnp.zeros_like(st.redundant), st.redundant),
   )
-  return out, new, base_state
