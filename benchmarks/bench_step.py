@@ -45,8 +45,8 @@ CRIC_KW = dict(target_group_sparsity=0.5, start_cric_step=2, sampling_steps=3, m
                hybrid_training_steps=3, trial_sparsities=(0.5,))
 
 
-def _mlp_task(key: jax.Array):
-  dims = (784, 1024, 1024, 10)
+def _mlp_task(key: jax.Array, width: int = 1024):
+  dims = (784, width, width, 10)
   params, spaces = {}, []
   for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
     k1, key = jax.random.split(key)

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 import hesso_jax as hj
-from benchmarks.bench_step import HESSO_KW, _Carry, _split, _timed_opt
+from benchmarks.bench_step import HESSO_KW, _Carry, _mlp_task, _split, _timed_opt
 from benchmarks.common import interleaved, markdown_table, paired_ratio, table, write_json
 from hesso_jax.optim import _common, _hesso
 
@@ -45,21 +45,8 @@ VARIANTS: dict[str, Callable[[], list]] = {
 }
 
 
-def _mlp(width: int, key: jax.Array):
-  dims = (784, width, width, 10)
-  params, spaces = {}, []
-  for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
-    key, k = jax.random.split(key)
-    params[f"l{i}"] = {"kernel": jax.random.normal(k, (a, b)) / np.sqrt(a), "bias": jnp.zeros(b)}
-  for i in range(len(dims) - 2):
-    spaces.append(hj.ChannelSpace(dims[i + 1], (
-      hj.AxisSlice((f"l{i}", "kernel"), 1), hj.AxisSlice((f"l{i}", "bias"), 0),
-      hj.AxisSlice((f"l{i + 1}", "kernel"), 0, hj.CONSUMER)), name=f"h{i}"))
-  return params, hj.SearchSpace(tuple(spaces))
-
-
 def bench_width(width: int, repeats: int, inner: int) -> list[dict]:
-  params, space = _mlp(width, jax.random.PRNGKey(0))
+  params, _, _, _, space = _mlp_task(jax.random.PRNGKey(0), width)
   grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 1e-2), params)
   base = optax.sgd(1e-2, momentum=0.9)
   st = base.init(params)
