@@ -366,11 +366,14 @@ def hesso_cric(
   while its violating set is being forgotten; the next cycle tests those not tested yet, and an
   empty set ends the cycles (``tolerance``). How fast the violating set shrinks decides this.
   With ``cycle_forgetting="immediate"`` (the reference) it is zero from the first step, so the
-  bottom ``R`` is mostly that zeroed set itself, few other groups enter, and cycling nearly always
-  ends after the first cycle. With ``"gradual"`` (the default) the set keeps part of its weight
-  through the cycle, so groups that only look important next to it can fall into the bottom ``R``
-  and get tested, and more cycles run (up to ``max_cycle_period``). An early stop therefore
-  reflects the forgetting schedule, not that the ranking has converged.
+  bottom ``R`` is largely that zeroed set itself, fewer other groups enter, and cycling can end
+  after the first cycle, as the reference's usually does. With ``"gradual"`` (the default) the
+  set keeps part of its weight through the cycle, so groups that only look important next to it
+  can fall into the bottom ``R`` and get tested, and more cycles run (up to
+  ``max_cycle_period``). An early stop therefore reflects the forgetting schedule more than a
+  converged ranking. (A zeroed group is not always in the bottom ``R``: its cosine-similarity
+  term is 1, the middle of that criterion's range, so at high sparsity the immediate schedule
+  runs as many cycles as the gradual one.)
 
   Why final counts may sit on trial-sparsity boundaries: the loss criterion is constant on each
   *band* of a space (the groups first removed by the same trial projection, i.e. within-space
