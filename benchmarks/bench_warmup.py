@@ -39,7 +39,8 @@ VARIANTS: dict[str, Callable[[], list]] = {
   "hesso": lambda: [],
   "no_mask": lambda: [mock.patch.object(_common, "masked_updates", lambda u, *a, **k: u)],
   "no_cond": lambda: [
-    mock.patch.object(_hesso, "_select", lambda *a: a[7]),  # returns `redundant` unchanged
+    mock.patch.object(_hesso, "_select",  # the redundant set, unchanged
+                      lambda sp, w, m, R, sched, params, direction, redundant, pruned: redundant),
     mock.patch.object(_common, "after", lambda signals, tree: tree),
   ],
 }

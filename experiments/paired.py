@@ -36,10 +36,10 @@ def load_runs(folder: pathlib.Path) -> list[dict]:
   return runs
 
 
-def _value(r: dict) -> tuple[str, float]:
-  if r["key"]["task"] == "charlm":
-    return "perplexity", float(r["perplexity"])
-  return "accuracy", 100.0 * float(r["accuracy"])
+def _value(r: dict) -> float:
+  """The run's metric: perplexity, or accuracy in percent."""
+  metric = T.metric_of(r["key"]["task"])
+  return float(r[metric]) * (100.0 if metric == "accuracy" else 1.0)
 
 
 def paired_rows(runs: list[dict]) -> list[dict]:
@@ -55,9 +55,9 @@ def paired_rows(runs: list[dict]) -> list[dict]:
                    and (task, "hesso", sp, sd) in by)
     if not seeds:
       continue
-    metric, _ = _value(by[(task, method, sp, seeds[0])])
-    h = np.array([_value(by[(task, "hesso", sp, sd)])[1] for sd in seeds])
-    o = np.array([_value(by[(task, method, sp, sd)])[1] for sd in seeds])
+    metric = T.metric_of(task)
+    h = np.array([_value(by[(task, "hesso", sp, sd)]) for sd in seeds])
+    o = np.array([_value(by[(task, method, sp, sd)]) for sd in seeds])
     cric = method.startswith("hesso_cric")
     diff = (o - h) if cric else (h - o)
     # "better": the first-named method (CRIC for hesso_cric, HESSO otherwise) did better

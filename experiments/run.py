@@ -180,7 +180,7 @@ def run(task: str, optimizer: str, sparsity: float = 0.5, *, steps: int | None =
       r = json.loads(p.read_text())
       if r.get("small") == small and "group_sparsity" in r:
         rows.append(r)
-    metric = "perplexity" if task == "charlm" else "accuracy"
+    metric = T.metric_of(task)
     T.plot_accuracy_vs_sparsity(rows, out / f"{metric}_vs_sparsity{'_small' if small else ''}.png",
                                 title=task, metric=metric)
   return record

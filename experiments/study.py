@@ -372,7 +372,7 @@ def summarise(records: list[dict]) -> list[dict]:
   rows = []
   for (task, method, sp), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2],
                                                                       METHODS.index(kv[0][1]))):
-    metric = "perplexity" if task == "charlm" else "accuracy"
+    metric = T.metric_of(task)
     vals = np.array([r[metric] for r in rs], float)
     row = {"task": task, "method": method, "sparsity": sp, "metric": metric, "n": len(rs),
            "mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(rs) > 1 else 0.0,

@@ -48,10 +48,6 @@ DEFAULT_TASKS = ("digits_cnn", "mnist1d", "digits_resnet", "charlm")
 DEFAULT_SPARSITIES = (0.3, 0.5, 0.7)
 
 
-def metric_of(task: str) -> str:
-  return "perplexity" if task == "charlm" else "accuracy"
-
-
 def task_steps(task: str, small: bool, overrides: dict[str, int]) -> int:
   cfg = R.CONFIGS[task]
   return overrides.get(task) or (cfg.small_steps if small else cfg.steps)
@@ -193,7 +189,7 @@ COLS = ("task", "optimizer", "target", "group sparsity", "metric", "vs dense", "
 
 
 def row_of(r: dict, dense: dict | None) -> dict:
-  m = metric_of(r["task"])
+  m = T.metric_of(r["task"])
   val = r.get(m)
   d = None
   if dense is not None and val is not None and dense.get(m) is not None:
@@ -268,7 +264,7 @@ def plot(rows: list[dict], path: pathlib.Path, title: str = "") -> None:
   fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), dpi=110, squeeze=False)
   for ax, task in zip(axes[0], tasks):
     rs = [r for r in rows if r["task"] == task and r["value"] is not None]
-    m = metric_of(task)
+    m = T.metric_of(task)
     scale = 100 if m == "accuracy" else 1
     for r in rs:
       if r["optimizer"] == "dense":
@@ -344,7 +340,7 @@ def main(argv=None):
     r.pop("history", None)
     records.append(r)
     rows.append(row_of(r, dense_of.get(task)))
-    m = metric_of(task)
+    m = T.metric_of(task)
     how = "cached" if r.get("cached") else f"{r.get('wall_seconds_run', 0):.0f}s"
     tqdm.write(f"{task:14s} {opt:10s} target {s:.2f}: gs {r.get('group_sparsity', 0):.3f} "
                f"{m} {r.get(m)} lat {r.get('latency_ratio')} ({how})")

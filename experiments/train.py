@@ -47,6 +47,11 @@ def init_variables(model: nn.Module, x: np.ndarray, seed: int = 0) -> dict:
   return jax.tree_util.tree_map(jnp.asarray, dict(v))
 
 
+def metric_of(task: str) -> str:
+  """The task's evaluation metric: validation perplexity for the char LM, accuracy otherwise."""
+  return "perplexity" if task == "charlm" else "accuracy"
+
+
 def count_params(tree: Any) -> int:
   return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree)))
 

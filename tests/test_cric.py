@@ -289,6 +289,7 @@ def test_missing_loss_and_bad_arguments_raise():
       (dict(trial_sparsities=0.5), TypeError, "trial_sparsities"),
       (dict(importance={"loss": 1.0, "magnitudes": 1.0}), ValueError, "unknown criterion"),
       (dict(importance={"loss": 1.0}), ValueError, "besides 'loss'"),
+      (dict(cycle_forgetting="now"), ValueError, "cycle_forgetting"),
   ]
   for over, err, match in bad:
     with pytest.raises(err, match=match):

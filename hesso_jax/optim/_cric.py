@@ -448,9 +448,8 @@ def hesso_cric(
     trial_sparsities=trial_sparsities,
     importance=importance,
     multiple_of=multiple_of,
+    cycle_forgetting=cycle_forgetting,
   )
-  if cycle_forgetting not in ("gradual", "immediate"):
-    raise ValueError(f"cycle_forgetting must be 'gradual' or 'immediate', got {cycle_forgetting!r}")
   cm.warn_if_unreachable(space, target_group_sparsity, multiple_of)
   base = optax.with_extra_args_support(base_tx)
   G = space.num_groups
@@ -568,6 +567,7 @@ def _check_args(
   trial_sparsities: Sequence[float],
   importance: Mapping[str, float],
   multiple_of: ArrayLike,
+  cycle_forgetting: str,
 ) -> tuple[tuple[float, ...], dict, float]:
   """Validate :func:`hesso_cric`'s arguments; returns (trials, saliency weights, loss weight)."""
   if sampling_steps is None:
@@ -585,6 +585,8 @@ def _check_args(
   cm.check_int("tolerance", tolerance, lo=0)
   cm.check_int("hybrid_training_steps", hybrid_training_steps, lo=1)
   cm.check_int("multiple_of", multiple_of, lo=1)
+  if cycle_forgetting not in ("gradual", "immediate"):
+    raise ValueError(f"cycle_forgetting must be 'gradual' or 'immediate', got {cycle_forgetting!r}")
   trials = _check_trials(trial_sparsities)
   cm.check_space(space)
   weights = sal.validate_importance(importance, extra=("loss",))
