@@ -17,8 +17,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m experiments.demo
 
+# -n: one pytest worker per core (at most 4); the suite is mostly XLA compiles, one thread each
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

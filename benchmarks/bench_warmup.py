@@ -6,14 +6,19 @@ Before its first selection a HESSO step does three things the base optimizer doe
 * ``after(...)``: the tiny reduction that orders the base update after that cond (so a donated
   step updates the state in place);
 * the masked update: per element, the ``(G,)`` forget / zero masks broadcast inside the fused
-  ``update + apply_updates`` pass (all false in the warm-up, but still evaluated).
+  ``update + apply_updates`` pass. It is wrapped in ``where(live, masked, u)`` with ``live`` the
+  scalar "some mask is set", so the CPU backend unswitches the loop and a warm-up step (nothing
+  set) runs the plain loop.
 
 This benchmark times the donated, carried optimizer-only step (``tx.update`` +
 ``optax.apply_updates`` on fixed gradients, as ``bench_step``) of plain SGD with momentum, of
-HESSO in its warm-up, and of HESSO with one of the parts removed (``unittest.mock`` patches of
-the private functions, for this measurement only): ``no_mask`` (the update is the base update),
-``no_cond`` (no selection cond and no ``after``). Two MLP widths show whether a cost grows with
-the model (a per-element cost keeps its ratio; a fixed cost shrinks with width).
+HESSO in its warm-up, and of HESSO with one part changed (``unittest.mock`` patches of the
+private functions, for this measurement only): ``ungated`` (the masked expression without the
+scalar gate: the code before it), ``no_mask`` (the update is the base update), ``no_cond`` (no
+selection cond and no ``after``). Two MLP widths show whether a cost grows with the model (a
+per-element cost keeps its ratio; a fixed cost shrinks with width). Both clocks are read around
+the same calls: wall time and process CPU time (the latter does not count the time this shared
+virtual machine spends running others, so it is much less noisy).
 
     python -m benchmarks.bench_warmup [--small]
 """
@@ -31,12 +36,23 @@ import optax
 
 import hesso_jax as hj
 from benchmarks.bench_step import HESSO_KW, _Carry, _mlp_task, _split, _timed_opt
-from benchmarks.common import interleaved, markdown_table, paired_ratio, table, write_json
+from benchmarks.common import interleaved_clocks, markdown_table, paired_ratio, table, write_json
 from hesso_jax.optim import _common, _hesso
+
+_MASKED_UPDATES = _common.masked_updates
+
+
+def _ungated(*args, live=None, **kwargs):
+  """masked_updates without the scalar gate (no ``live``, and none computed inside)."""
+  with mock.patch.object(_common, "any_set", lambda *masks: None):
+    return _MASKED_UPDATES(*args, **kwargs)
+
 
 #: variant -> the patches that remove one part of the warm-up step
 VARIANTS: dict[str, Callable[[], list]] = {
   "hesso": lambda: [],
+  # the masked expression without its scalar "some mask is set" gate (the code before the gate)
+  "ungated": lambda: [mock.patch.object(_common, "masked_updates", _ungated)],
   "no_mask": lambda: [mock.patch.object(_common, "masked_updates", lambda u, *a, **k: u)],
   "no_cond": lambda: [
     mock.patch.object(_hesso, "_select",  # the redundant set, unchanged
@@ -66,18 +82,21 @@ def bench_width(width: int, repeats: int, inner: int) -> list[dict]:
       for p in ps:
         p.stop()
     calls[name] = _Carry(step, params, {}, st, (grads,), False, True)
-  times = interleaved(calls, repeats=repeats, inner=inner, warmup=3)
+  clocks = interleaved_clocks(calls, repeats=repeats, inner=inner, warmup=3)
   n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
   rows = []
   for name in VARIANTS:
-    r = paired_ratio(times[name], times["sgd"])
-    rows.append({"width": width, "params": n_params, "variant": name,
-                 "median_us": 1e6 * float(np.median(times[name])),
-                 "sgd_us": 1e6 * float(np.median(times["sgd"])),
-                 "ratio": r["median"], "q25": r["q25"], "q75": r["q75"],
-                 # best round of each against the best round of SGD: the cost without
-                 # interference from whatever else runs (the medians carry that noise)
-                 "min_ratio": r["min_ratio"]})
+    row = {"width": width, "params": n_params, "variant": name}
+    for clock, times in clocks.items():  # ratio, ... (wall clock); cpu_ratio, ... (CPU time)
+      pre = "" if clock == "wall" else f"{clock}_"
+      r = paired_ratio(times[name], times["sgd"])
+      row.update({f"{pre}median_us": 1e6 * float(np.median(times[name])),
+                  f"{pre}sgd_us": 1e6 * float(np.median(times["sgd"])),
+                  f"{pre}ratio": r["median"], f"{pre}q25": r["q25"], f"{pre}q75": r["q75"],
+                  # best round of each against the best round of SGD: the cost without
+                  # interference from whatever else runs (the medians carry that noise)
+                  f"{pre}min_ratio": r["min_ratio"]})
+    rows.append(row)
   return rows
 
 
@@ -85,19 +104,22 @@ def main(argv=None):
   ap = argparse.ArgumentParser()
   ap.add_argument("--small", action="store_true", help="fewer repeats, one width (a quick check)")
   a = ap.parse_args(argv)
-  repeats, inner, widths = (7, 5, (256,)) if a.small else (60, 20, (1024, 2048))
+  repeats, inner, widths = (7, 5, (256,)) if a.small else (300, 4, (1024, 2048))
   rows = [r for w in widths for r in bench_width(w, repeats, inner)]
   write_json("warmup", {"small": a.small, "repeats": repeats, "inner": inner, "hesso": HESSO_KW,
                         "rows": rows})
-  fmt = {c: "{:.3f}" for c in ("ratio", "q25", "q75", "min_ratio")}
+  fmt = {c: "{:.3f}" for c in ("ratio", "q25", "q75", "min_ratio", "cpu_ratio", "cpu_q25",
+                                "cpu_q75")}
   fmt.update(median_us="{:.0f}", sgd_us="{:.0f}")
-  print("\n== HESSO warm-up step (donated, optimizer only), ratio to SGD(momentum) ==")
+  print("\n== HESSO warm-up step (donated, optimizer only), ratio to SGD(momentum); ratio: wall "
+        "clock, cpu_ratio: process CPU time ==")
   print(table(rows, ["width", "params", "variant", "median_us", "sgd_us", "ratio", "q25", "q75",
-                     "min_ratio"], fmt))
+                     "min_ratio", "cpu_ratio", "cpu_q25", "cpu_q75"], fmt))
   print()
-  print(markdown_table(rows, ["width", "variant", "ratio", "q25", "q75", "min_ratio"],
+  print(markdown_table(rows, ["width", "variant", "ratio", "q25", "q75", "cpu_ratio", "cpu_q25",
+                              "cpu_q75"],
                        {"ratio": "{:.2f}x", "q25": "{:.2f}", "q75": "{:.2f}",
-                        "min_ratio": "{:.2f}x"}))
+                        "cpu_ratio": "{:.3f}x", "cpu_q25": "{:.3f}", "cpu_q75": "{:.3f}"}))
 
 
 if __name__ == "__main__":

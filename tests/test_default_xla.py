@@ -25,6 +25,7 @@ def test_the_optimisation_level_is_what_the_mode_says():
   assert level0 != bool(os.environ.get("HESSO_JAX_DEFAULT_XLA"))
 
 
+@pytest.mark.slow  # a second pytest run in a subprocess (~50 s): the slow tier
 def test_marked_subset_passes_at_default_xla_optimisation_level():
   flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
                    if "xla_backend_optimization_level" not in f)

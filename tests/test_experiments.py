@@ -144,6 +144,7 @@ def test_char_gpt_forward_and_causality():
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains a CNN for several epochs (~11 s)
 def test_training_reduces_loss_and_records_history():
   ds = D.load_digits()
   m = M.DigitsCNN(features=(8, 16, 16), hidden=32)
@@ -205,6 +206,7 @@ def test_json_and_plots(tmp_path):
   assert T.plot_accuracy_vs_sparsity(rows, tmp_path / "a.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # the whole CLI run (~15 s)
 def test_run_cli_dense_small(tmp_path, monkeypatch):
   monkeypatch.setenv("HESSO_JAX_RESULTS", str(tmp_path))
   from experiments import run

@@ -160,6 +160,35 @@ def test_hesso_step_makes_no_more_full_size_passes_than_its_base():
   assert _full_size_fusions(tx, params) == _full_size_fusions(base, params)
 
 
+@pytest.mark.parametrize("name", ["hesso", "hesso_cric"])
+def test_masked_update_of_every_producer_leaf_is_gated_by_a_scalar(name):
+  """The per-element masked update of each producer leaf ends in ``where(live, masked, u)`` with
+  ``live`` a *scalar* (some mask set). The CPU backend then unswitches the fused loop, so a step
+  with nothing to mask (the warm-up) runs the base optimizer's plain loop
+  (``benchmarks/bench_warmup.py``, variant ``ungated``). In HESSO leaves that are not producers
+  (the last layer here) carry no mask at all; CRIC's cache restores act on every leaf."""
+  params, space = mlp(dims=(64, 128, 128, 3))
+  base = optax.sgd(0.1, momentum=0.9)
+  if name == "hesso":
+    tx, kw = hj.hesso(base, space, target_group_sparsity=0.5, warmup_steps=1, pruning_steps=4), {}
+  else:
+    tx = hj.hesso_cric(base, space, target_group_sparsity=0.5, sampling_steps=2,
+                       hybrid_training_steps=2)
+    kw = {"value": jnp.float32(1.0)}
+  g = jax.tree_util.tree_map(jnp.ones_like, params)
+  cj = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p, **kw)[0])(g, tx.init(params), params)
+  defs = {v: e for e in cj.jaxpr.eqns for v in e.outvars}
+  producers = {m.path for s in space.prunable_spaces for m in s.producers()}
+  paths = [tuple(k.key for k in p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  gated = []
+  for v in cj.jaxpr.outvars:
+    e = defs[v]
+    is_where = e.primitive.name in ("jit", "pjit") and e.params.get("name") == "_where"
+    gated.append(is_where and e.invars[0].aval.shape == () and e.invars[0].aval.dtype == bool)
+  masked = [p for p in paths if p in producers] if name == "hesso" else paths
+  assert [p for p, ok in zip(paths, gated, strict=True) if ok] == masked
+
+
 def test_cric_step_adds_at_most_the_cache_pass():
   params, space = mlp(dims=(64, 128, 128, 3))
   base = optax.sgd(0.1, momentum=0.9)

@@ -22,6 +22,7 @@ from hesso_jax.space import PRODUCER, SearchSpace, leaves_with_paths, normalize_
 
 __all__ = [
   "after",
+  "any_set",
   "base_step",
   "check_int",
   "check_space",
@@ -309,6 +310,20 @@ def _producer_paths(space: SearchSpace) -> set:
   return {m.path for s in space.prunable_spaces for m in s.members if m.role == PRODUCER}
 
 
+def any_set(*masks: ArrayLike | None) -> jax.Array | None:
+  """bool scalar: some element of some given mask is true (None if no mask is given).
+
+  The masks (``(G,)`` vectors or scalars) are or-ed first, so this is a single reduction.
+  """
+  given = [jnp.asarray(m) for m in masks if m is not None]
+  if not given:
+    return None
+  out = given[0]
+  for g in given[1:]:
+    out = out | g
+  return jnp.any(out)
+
+
 def masked_updates(
   updates: Any,
   params: Any,
@@ -319,6 +334,7 @@ def masked_updates(
   zero: jax.Array | None = None,
   restore: Any = None,
   restore_when: ArrayLike | None = None,
+  live: ArrayLike | None = None,
 ) -> Any:
   """Per-element combination of the base updates with forgetting and zeroing.
 
@@ -333,8 +349,17 @@ def masked_updates(
   restored value, and the zero mask still applies on top).
   The result dtype is ``result_type(u, x)`` (== u's dtype when they agree). Each leaf is one
   elementwise expression (the (G,) masks are broadcast inside it), which XLA fuses into one pass.
+
+  The masked expression is wrapped in ``where(live, ..., u)`` with ``live`` the *scalar* "some
+  mask is set" (``any(forget) | any(zero)``, or ``restore_when``). The result is the same (with
+  every mask false the expression is ``u``), but the loop-invariant scalar lets the CPU backend
+  unswitch the fused loop into a masked and a plain version: a step with nothing to mask (HESSO's
+  warm-up) runs the base optimizer's own loop, without the per-element mask loads and selects.
+  A caller that has ``live`` already (it must be true whenever a mask is set) passes it.
   """
   G = space.num_groups
+  if live is None:
+    live = any_set(forget, zero, restore_when if restore is not None else None)
   zero_t = space.group_mask_tree(zero, params) if (zero is not None and G) else None
   forget_t = space.group_mask_tree(forget, params) if (forget is not None and G) else None
   touched = _producer_paths(space)
@@ -350,8 +375,9 @@ def masked_updates(
   out = []
   for path, u, x, z, f, c in zip(paths, flat_u, flat_x, flat_z, flat_f, flat_c, strict=True):
     dt = jnp.result_type(u, x)
-    new = jnp.asarray(u).astype(dt)
+    plain = jnp.asarray(u).astype(dt)
     xx = jnp.asarray(x).astype(dt)
+    new = plain
     if c is not None:
       new = jnp.where(restore_when, (jnp.asarray(c).astype(dt) - xx), new)  # type: ignore[arg-type]
     if path in touched and f is not None:
@@ -361,5 +387,7 @@ def masked_updates(
       new = jnp.where(f, forgot, new)
     if path in touched and z is not None:
       new = jnp.where(z, -xx, new)
+    if live is not None and new is not plain:
+      new = jnp.where(live, new, plain)
     out.append(new)
   return jax.tree_util.tree_unflatten(treedef, out)

@@ -186,11 +186,15 @@ def hesso(
     redundant = _select(
       sp, weights, multiple_of, R, sched, params, direction, state.redundant, state.pruned
     )
-    # The base update waits for the selection (which reads params and the base state), so a
-    # donated step overwrites both in place instead of copying the base state every step.
-    base_in = cm.after(redundant, state.base_state)
+    forget = redundant & sched.in_window
+    # "some group is masked": gates the masked update (see masked_updates) and, being computed
+    # from the selection's output, makes the base update wait for the selection (which reads
+    # params and the base state), so a donated step overwrites both in place instead of copying
+    # the base state every step. One small reduction serves both.
+    live = cm.any_set(forget, state.pruned)
+    base_in = cm.after(live, state.base_state)
     u, base_state = cm.base_step(base, updates, base_in, params, extra_args)
-    out, redundant, pruned = _forget(sp, sched, params, u, redundant, state.pruned)
+    out, redundant, pruned = _forget(sp, sched, params, u, redundant, forget, state.pruned, live)
     return out, HessoState(
       count=optax.safe_int32_increment(state.count),
       redundant=redundant,
@@ -238,11 +242,12 @@ def _select(
   pruned: jax.Array,
 ) -> jax.Array:
   """The redundant set after this step's selection (at ``j == 0``, behind a ``lax.cond``)."""
-  through_k = jnp.where(sched.k < sched.K - 1, (R // sched.K) * (sched.k + 1), R)
-  removed = redundant | pruned
-  quota = jnp.maximum(through_k - jnp.sum(removed.astype(jnp.int32)), 0)
 
   def select(red):
+    # all of it inside the branch: a step that does not select runs none of these reductions
+    through_k = jnp.where(sched.k < sched.K - 1, (R // sched.K) * (sched.k + 1), R)
+    removed = red | pruned
+    quota = jnp.maximum(through_k - jnp.sum(removed.astype(jnp.int32)), 0)
     scores = sal.saliency(sp, params, direction(), weights)
     return red | cm.select_groups(scores, ~removed, quota, sp, removed, multiple_of)
 
@@ -255,17 +260,17 @@ def _forget(
   params: Any,
   u: Any,
   redundant: jax.Array,
+  forget: jax.Array,
   pruned: jax.Array,
+  live: jax.Array,
 ) -> tuple[Any, jax.Array, jax.Array]:
   """Forget the redundant groups, commit them at ``j == T-1``, keep pruned groups at zero.
 
-  The update is one elementwise expression per leaf (all-false masks outside the window), which
-  fuses with the base update and ``apply_updates``.
+  The update is one elementwise expression per leaf (``forget = redundant & in_window``; ``live``
+  = any mask set), which fuses with the base update and ``apply_updates``.
   """
   factor = cm.decay_factor(sched.T, sched.j)
-  out = cm.masked_updates(
-    u, params, sp, forget=redundant & sched.in_window, factor=factor, zero=pruned
-  )
+  out = cm.masked_updates(u, params, sp, forget=forget, factor=factor, zero=pruned, live=live)
   commit = sched.in_window & (sched.j == sched.T - 1)
   pruned = jnp.where(commit, pruned | redundant, pruned)
   redundant = jnp.where(commit, jnp.zeros_like(redundant), redundant)
