@@ -15,7 +15,7 @@ import time
 
 from benchmarks.common import RESULTS
 
-BENCHMARKS = ("discovery", "latency", "align", "step", "masks", "warmup")
+BENCHMARKS = ("discovery", "latency", "align", "step", "masks", "warmup", "cond")
 
 
 def main(argv=None):
