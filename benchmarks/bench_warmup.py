@@ -36,7 +36,14 @@ import optax
 
 import hesso_jax as hj
 from benchmarks.bench_step import HESSO_KW, _Carry, _mlp_task, _split, _timed_opt
-from benchmarks.common import interleaved_clocks, markdown_table, paired_ratio, table, write_json
+from benchmarks.common import (
+  buffer_allocations,
+  interleaved_clocks,
+  markdown_table,
+  paired_ratio,
+  table,
+  write_json,
+)
 from hesso_jax.optim import _common, _hesso
 
 _MASKED_UPDATES = _common.masked_updates
@@ -67,8 +74,9 @@ def bench_width(width: int, repeats: int, inner: int) -> list[dict]:
   grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 1e-2), params)
   base = optax.sgd(1e-2, momentum=0.9)
   st = base.init(params)
-  calls = {"sgd": _Carry(_timed_opt(base, False, True).lower(grads, params, st, {}).compile(),
-                         params, {}, st, (grads,), False, True)}
+  lowered = _timed_opt(base, False, True).lower(grads, params, st, {})
+  calls = {"sgd": _Carry(lowered.compile(), params, {}, st, (grads,), False, True)}
+  allocs = {"sgd": buffer_allocations(lowered)}
   for name, patches in VARIANTS.items():
     ps = patches()
     for p in ps:
@@ -77,7 +85,9 @@ def bench_width(width: int, repeats: int, inner: int) -> list[dict]:
       tx = hj.hesso(base, space, **HESSO_KW)
       st = tx.init(params)
       phase, rest = _split(st)
-      step = _timed_opt(tx, False, True).lower(grads, params, rest, phase).compile()
+      lowered = _timed_opt(tx, False, True).lower(grads, params, rest, phase)
+      step = lowered.compile()
+      allocs[name] = buffer_allocations(lowered)
     finally:
       for p in ps:
         p.stop()
@@ -86,7 +96,11 @@ def bench_width(width: int, repeats: int, inner: int) -> list[dict]:
   n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
   rows = []
   for name in VARIANTS:
-    row = {"width": width, "params": n_params, "variant": name}
+    row = {"width": width, "params": n_params, "variant": name,
+           # thread-local buffer allocations of the compiled step (SGD's in sgd_thread_local): on
+           # XLA:CPU a per-execution cost, even in the branch of a cond that is not taken
+           "thread_local": allocs[name].get("thread_local"),
+           "sgd_thread_local": allocs["sgd"].get("thread_local")}
     for clock, times in clocks.items():  # ratio, ... (wall clock); cpu_ratio, ... (CPU time)
       pre = "" if clock == "wall" else f"{clock}_"
       r = paired_ratio(times[name], times["sgd"])
@@ -114,10 +128,10 @@ def main(argv=None):
   print("\n== HESSO warm-up step (donated, optimizer only), ratio to SGD(momentum); ratio: wall "
         "clock, cpu_ratio: process CPU time ==")
   print(table(rows, ["width", "params", "variant", "median_us", "sgd_us", "ratio", "q25", "q75",
-                     "min_ratio", "cpu_ratio", "cpu_q25", "cpu_q75"], fmt))
+                     "min_ratio", "cpu_ratio", "cpu_q25", "cpu_q75", "thread_local"], fmt))
   print()
   print(markdown_table(rows, ["width", "variant", "ratio", "q25", "q75", "cpu_ratio", "cpu_q25",
-                              "cpu_q75"],
+                              "cpu_q75", "thread_local"],
                        {"ratio": "{:.2f}x", "q25": "{:.2f}", "q75": "{:.2f}",
                         "cpu_ratio": "{:.3f}x", "cpu_q25": "{:.3f}", "cpu_q75": "{:.3f}"}))
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import platform
+import re
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -99,3 +102,20 @@ def write_json(name: str, payload: dict) -> str:
     json.dump(payload, fh, indent=2, default=float)
   print(json.dumps(payload, indent=2, default=float))
   return path
+
+
+def buffer_allocations(lowered) -> dict:
+  """Compile ``lowered`` (a ``jax.jit(f).lower(...)``) with XLA's dump on and count the buffer
+  allocations of its buffer assignment: ``total`` and ``thread_local``. Thread-local ones are
+  the scalar values of the sub-computations that reductions, sorts and scatters call; on XLA:CPU
+  each allocation is a per-execution cost, even inside a ``lax.cond`` branch that is not taken
+  (``benchmarks/bench_cond.py``). Returns ``{}`` when the backend writes no buffer assignment."""
+  with tempfile.TemporaryDirectory() as d:
+    lowered.compile(compiler_options={"xla_dump_to": d})
+    files = glob.glob(os.path.join(d, "*after_optimizations-buffer-assignment.txt"))
+    if not files:
+      return {}
+    with open(max(files, key=os.path.getsize)) as f:
+      text = f.read()
+  allocs = re.findall(r"^allocation \d+: size \d+, ([^\n]*)$", text, flags=re.M)
+  return {"total": len(allocs), "thread_local": sum("thread-local" in a for a in allocs)}

@@ -215,3 +215,50 @@ def test_donated_step_updates_state_in_place_without_copies(name):
   assert _full_size_ops(tx, params, value=cric, donate=True, op="copy") == 0
   assert _full_size_ops(tx, params, value=cric, donate=True) == _full_size_ops(
     base, params, donate=True)
+
+
+# --- selection sorts: int keys -----------------------------------------------------------------
+
+
+def _sort_eqns(closed):
+  from hesso_jax._jaxpr import sub_jaxprs
+
+  jaxpr = getattr(closed, "jaxpr", closed)
+  for e in jaxpr.eqns:
+    if e.primitive.name == "sort":
+      yield e
+    for s in sub_jaxprs(e.params):
+      yield from _sort_eqns(s)
+
+
+def test_sort_key_orders_exactly_like_a_float_sort():
+  """``sort_key`` stands in for the float scores in the selection sorts: the stable sort of the
+  keys must give the permutation the float sort gives, with -0.0 == 0.0 and every NaN equal."""
+  from hesso_jax.optim import _common
+
+  rng = np.random.default_rng(0)
+  special = np.array([-np.inf, np.inf, -0.0, 0.0, 1.0, -1.0, np.nan, -np.nan, 1e-30, -1e30,
+                      3e38, -3e38, 1e-45, -1e-45], np.float32)
+  for _ in range(50):
+    n = int(rng.integers(1, 200))
+    x = np.where(rng.random(n) < 0.5, rng.normal(size=n), rng.choice(special, n)).astype(np.float32)
+    idx = jnp.arange(n)
+    want = jax.lax.sort((jnp.asarray(x), idx), num_keys=1, is_stable=True)[1]
+    got = jax.lax.sort((_common.sort_key(x), idx), num_keys=1, is_stable=True)[1]
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.parametrize("name", ["hesso", "cric"])
+def test_selection_sorts_compare_int_keys_only(name):
+  """The selection sorts run on :func:`sort_key` ints: a float comparator is five times the size,
+  and on XLA:CPU its scalar values are a per-step cost even in a branch that does not run."""
+  params, space = mlp(dims=(64, 128, 128, 3))
+  tx = _txs(space, optax.sgd(0.1))[name]
+  kw = {"value": jnp.float32(1.0)} if name == "cric" else {}
+  g = jax.tree_util.tree_map(jnp.ones_like, params)
+  closed = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p, **kw))(g, tx.init(params), params)
+  sorts = list(_sort_eqns(closed))
+  assert sorts, "the selection should sort"
+  for e in sorts:
+    keys = e.invars[: e.params["num_keys"]]
+    assert all(jnp.issubdtype(k.aval.dtype, jnp.integer) for k in keys), e

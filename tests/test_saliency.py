@@ -140,3 +140,40 @@ def test_unknown_criterion_raises():
     sal.saliency(space, params, direction, {"magnitud": 1.0})
   with pytest.raises(TypeError, match="must be a number"):
     sal.validate_importance({"magnitude": "big"})
+
+
+def _count_eqns(closed, name):
+  """Equations named ``name`` in a jaxpr and every jaxpr nested in it."""
+  from hesso_jax._jaxpr import sub_jaxprs
+
+  jaxpr = getattr(closed, "jaxpr", closed)
+  n = 0
+  for e in jaxpr.eqns:
+    n += e.primitive.name == name
+    n += sum(_count_eqns(s, name) for s in sub_jaxprs(e.params))
+  return n
+
+
+def test_normalize_treats_each_row_of_a_stack_on_its_own():
+  rng = np.random.default_rng(5)
+  v = rng.normal(size=(4, 37)).astype(np.float32)
+  v[1] = 0.0  # an all-zero criterion stays 0
+  v[2] *= 1e30  # the max scaling keeps the norm finite
+  v[3, 5] = np.nan
+  valid = np.isfinite(v).all(0)
+  got = np.asarray(sal.normalize(jnp.asarray(v), jnp.asarray(valid)))
+  for i in range(4):
+    row = np.asarray(sal.normalize(jnp.asarray(v[i]), jnp.asarray(valid)))
+    np.testing.assert_array_equal(got[i], row)
+    w = np.where(valid, v[i].astype(np.float64), 0.0)
+    n = np.linalg.norm(w / max(np.abs(w).max(), 1e-300)) * np.abs(w).max()
+    np.testing.assert_allclose(got[i][valid], (v[i] / (n if n > 0 else 1.0))[valid], rtol=2e-6)
+
+
+def test_combine_normalises_all_criteria_with_one_max_and_one_sum():
+  """Every reduction is a per-step cost on XLA:CPU even in a branch that does not run, so the
+  five criteria share their two normalising reductions (five of each before)."""
+  raw = {k: jnp.linspace(1.0, 2.0, 50) * (i + 1) for i, k in enumerate(sal.CRITERIA)}
+  closed = jax.make_jaxpr(lambda r: sal.combine(r, sal.DEFAULT_IMPORTANCE))(raw)
+  assert _count_eqns(closed, "reduce_max") == 1
+  assert _count_eqns(closed, "reduce_sum") == 1
