@@ -262,3 +262,32 @@ def test_selection_sorts_compare_int_keys_only(name):
   for e in sorts:
     keys = e.invars[: e.params["num_keys"]]
     assert all(jnp.issubdtype(k.aval.dtype, jnp.integer) for k in keys), e
+
+
+def _reductions_outside_conds(closed, G):
+  """``reduce_*`` equations over a ``(G,)`` (or larger) operand that run on every step: those of
+  the jaxpr and of the jaxprs it calls, but not those inside ``cond`` branches."""
+  from hesso_jax._jaxpr import sub_jaxprs
+
+  jaxpr = getattr(closed, "jaxpr", closed)
+  n = 0
+  for e in jaxpr.eqns:
+    if e.primitive.name.startswith("reduce_") and e.invars[0].aval.size >= G:
+      n += 1
+    if e.primitive.name != "cond":
+      n += sum(_reductions_outside_conds(s, G) for s in sub_jaxprs(e.params))
+  return n
+
+
+@pytest.mark.parametrize("name,budget", [("hesso", 1), ("cric", 2)])
+def test_every_step_makes_at_most_its_budget_of_group_reductions(name, budget):
+  """Outside the phase conds a step reduces its ``(G,)`` masks once: one scalar ("some mask is
+  set") gates the masked update and orders the base update after the conds (CRIC also counts
+  its new violating candidates). On XLA:CPU each reduction is a few kernels and scalar
+  allocations on every step, so a second ``after`` signal or gate is a regression."""
+  params, space = mlp(dims=(64, 128, 128, 3))
+  tx = _txs(space, optax.sgd(0.1))[name]
+  kw = {"value": jnp.float32(1.0)} if name == "cric" else {}
+  g = jax.tree_util.tree_map(jnp.ones_like, params)
+  closed = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p, **kw))(g, tx.init(params), params)
+  assert _reductions_outside_conds(closed, space.num_groups) == budget
