@@ -15,7 +15,11 @@ This benchmark times the donated, carried optimizer-only step (``tx.update`` +
 HESSO in its warm-up, and of HESSO with one part changed (``unittest.mock`` patches of the
 private functions, for this measurement only): ``ungated`` (the masked expression without the
 scalar gate: the code before it), ``no_mask`` (the update is the base update), ``no_cond`` (no
-selection cond and no ``after``). Two MLP widths show whether a cost grows with the model (a
+selection cond and no ``after``), ``bookkeeping`` (neither the cond nor the masked update: what
+is left is the schedule scalars and the ``(G,)`` mask updates) and ``bare`` (the base update and
+the count increment only; HESSO's masks pass through unchanged). HESSO-CRIC's warm-up step is
+timed too: ``cric``, and ``cric_no_conds`` (every phase ``lax.cond`` replaced by the branch a
+warm-up step takes). Two MLP widths show whether a cost grows with the model (a
 per-element cost keeps its ratio; a fixed cost shrinks with width). Both clocks are read around
 the same calls: wall time and process CPU time (the latter does not count the time this shared
 virtual machine spends running others, so it is much less noisy).
@@ -35,7 +39,7 @@ import numpy as np
 import optax
 
 import hesso_jax as hj
-from benchmarks.bench_step import HESSO_KW, _Carry, _mlp_task, _split, _timed_opt
+from benchmarks.bench_step import CRIC_KW, HESSO_KW, _Carry, _mlp_task, _split, _timed_opt
 from benchmarks.common import (
   buffer_allocations,
   interleaved_clocks,
@@ -66,6 +70,19 @@ VARIANTS: dict[str, Callable[[], list]] = {
                       lambda sp, w, m, R, sched, params, direction, redundant, pruned: redundant),
     mock.patch.object(_common, "after", lambda signals, tree: tree),
   ],
+  "bookkeeping": lambda: VARIANTS["no_cond"]() + VARIANTS["no_mask"](),
+  "bare": lambda: VARIANTS["no_cond"]() + [
+    mock.patch.object(_hesso, "_forget",  # the base update; the masks pass through
+                      lambda sp, sched, params, u, redundant, forget, pruned, live:
+                      (u, redundant, pruned)),
+  ],
+}
+
+#: HESSO-CRIC variants (its warm-up step)
+CRIC_VARIANTS: dict[str, Callable[[], list]] = {
+  "cric": lambda: [],
+  # every phase cond replaced by its false branch, the one a warm-up step takes
+  "cric_no_conds": lambda: [mock.patch.object(_common, "cond", lambda p, t, f, *ops: f(*ops))],
 }
 
 
@@ -77,15 +94,16 @@ def bench_width(width: int, repeats: int, inner: int) -> list[dict]:
   lowered = _timed_opt(base, False, True).lower(grads, params, st, {})
   calls = {"sgd": _Carry(lowered.compile(), params, {}, st, (grads,), False, True)}
   allocs = {"sgd": buffer_allocations(lowered)}
-  for name, patches in VARIANTS.items():
+  for name, patches in [*VARIANTS.items(), *CRIC_VARIANTS.items()]:
+    cric = name in CRIC_VARIANTS
     ps = patches()
     for p in ps:
       p.start()
     try:  # the patches act while the step is traced and compiled
-      tx = hj.hesso(base, space, **HESSO_KW)
+      tx = hj.hesso_cric(base, space, **CRIC_KW) if cric else hj.hesso(base, space, **HESSO_KW)
       st = tx.init(params)
       phase, rest = _split(st)
-      lowered = _timed_opt(tx, False, True).lower(grads, params, rest, phase)
+      lowered = _timed_opt(tx, cric, True).lower(grads, params, rest, phase)
       step = lowered.compile()
       allocs[name] = buffer_allocations(lowered)
     finally:
@@ -95,7 +113,7 @@ def bench_width(width: int, repeats: int, inner: int) -> list[dict]:
   clocks = interleaved_clocks(calls, repeats=repeats, inner=inner, warmup=3)
   n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
   rows = []
-  for name in VARIANTS:
+  for name in [*VARIANTS, *CRIC_VARIANTS]:
     row = {"width": width, "params": n_params, "variant": name,
            # thread-local buffer allocations of the compiled step (SGD's in sgd_thread_local): on
            # XLA:CPU a per-execution cost, even in the branch of a cond that is not taken
