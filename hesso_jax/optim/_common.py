@@ -248,9 +248,8 @@ def within_space_rank(scores: jax.Array, space: SearchSpace) -> jax.Array:
   offs_np = np.array(space.group_offsets, np.int32)
   arange = jnp.arange(G, dtype=jnp.int32)
   # stable two-key sort by (space id, score): ties keep index order
-  perm = jax.lax.sort((jnp.asarray(ids_np), sort_key(scores), arange), num_keys=2, is_stable=True)[
-    2
-  ]
+  keys = (jnp.asarray(ids_np), sort_key(scores), arange)
+  perm = jax.lax.sort(keys, num_keys=2, is_stable=True)[2]
   pos_in_space = jnp.asarray(np.arange(G, dtype=np.int32) - offs_np[ids_np])  # static
   return jnp.zeros((G,), jnp.int32).at[perm].set(pos_in_space)
 
@@ -259,9 +258,8 @@ def lowest_k(scores: jax.Array, k: ArrayLike) -> jax.Array:
   """bool (G,): the ``k`` lowest finite scores, globally (ties by index)."""
   G = scores.shape[0]
   sc = jnp.where(jnp.isfinite(scores), scores, jnp.inf)
-  order = jax.lax.sort((sort_key(sc), jnp.arange(G, dtype=jnp.int32)), num_keys=1, is_stable=True)[
-    1
-  ]
+  keys = (sort_key(sc), jnp.arange(G, dtype=jnp.int32))
+  order = jax.lax.sort(keys, num_keys=1, is_stable=True)[1]
   rank = jnp.zeros((G,), jnp.int32).at[order].set(jnp.arange(G, dtype=jnp.int32))
   return jnp.isfinite(scores) & (rank < jnp.asarray(k, jnp.int32))
 

@@ -252,6 +252,14 @@ def normalize(v: jax.Array, valid: jax.Array | None = None) -> jax.Array:
   normalises each of its ``C`` rows on its own, with two reductions in all (:func:`combine` uses
   that: on XLA:CPU every reduction costs a little on every step of the compiled program, even
   inside a branch that does not run, so fewer of them keep HESSO's warm-up step cheap).
+
+  Example::
+
+    >>> import jax.numpy as jnp
+    >>> from hesso_jax.optim import saliency
+    >>> saliency.normalize(jnp.array([[3.0, 4.0], [0.0, 2.0]]))
+    Array([[0.6, 0.8],
+           [0. , 1. ]], dtype=float32)
   """
   v = jnp.asarray(v, jnp.float32)
   if valid is None:
