@@ -21,6 +21,7 @@ __all__ = [
   "call_body",
   "is_drop",
   "is_literal",
+  "iter_eqns",
   "literal_value",
   "open_jaxpr",
   "sub_jaxprs",
@@ -166,3 +167,21 @@ def sub_jaxprs(params: dict) -> Iterator[Any]:
       yield v
     elif isinstance(v, (tuple, list)):
       yield from (j for j in v if isinstance(j, (jcore.ClosedJaxpr, jcore.Jaxpr)))
+
+
+def iter_eqns(jaxpr: Any, *, skip: tuple[str, ...] = ()) -> Iterator[Any]:
+  """Every equation of ``jaxpr`` (a Jaxpr or ClosedJaxpr) and of the jaxprs nested in it, in
+  order; an equation whose primitive is named in ``skip`` is yielded but not entered.
+
+  >>> import jax, jax.numpy as jnp
+  >>> closed = jax.make_jaxpr(lambda x: jax.lax.cond(x > 0, jnp.sin, jnp.cos, x))(1.0)
+  >>> [e.primitive.name for e in iter_eqns(closed)]
+  ['gt', 'convert_element_type', 'cond', 'cos', 'sin']
+  >>> [e.primitive.name for e in iter_eqns(closed, skip=("cond",))]
+  ['gt', 'convert_element_type', 'cond']
+  """
+  for eqn in getattr(jaxpr, "jaxpr", jaxpr).eqns:
+    yield eqn
+    if eqn.primitive.name not in skip:
+      for sub in sub_jaxprs(eqn.params):
+        yield from iter_eqns(sub, skip=skip)

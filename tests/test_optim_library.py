@@ -13,6 +13,7 @@ import pytest
 from mlp_case import mlp
 
 import hesso_jax as hj
+from hesso_jax._jaxpr import iter_eqns
 
 X = jax.random.normal(jax.random.PRNGKey(1), (16, 4))
 Y = jax.random.normal(jax.random.PRNGKey(2), (16, 3))
@@ -220,17 +221,6 @@ def test_donated_step_updates_state_in_place_without_copies(name):
 # --- selection sorts: int keys -----------------------------------------------------------------
 
 
-def _sort_eqns(closed):
-  from hesso_jax._jaxpr import sub_jaxprs
-
-  jaxpr = getattr(closed, "jaxpr", closed)
-  for e in jaxpr.eqns:
-    if e.primitive.name == "sort":
-      yield e
-    for s in sub_jaxprs(e.params):
-      yield from _sort_eqns(s)
-
-
 def test_sort_key_orders_exactly_like_a_float_sort():
   """``sort_key`` stands in for the float scores in the selection sorts: the stable sort of the
   keys must give the permutation the float sort gives, with -0.0 == 0.0 and every NaN equal."""
@@ -263,26 +253,11 @@ def test_selection_sorts_compare_int_keys_only(name):
   kw = {"value": jnp.float32(1.0)} if name == "cric" else {}
   g = jax.tree_util.tree_map(jnp.ones_like, params)
   closed = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p, **kw))(g, tx.init(params), params)
-  sorts = list(_sort_eqns(closed))
+  sorts = [e for e in iter_eqns(closed) if e.primitive.name == "sort"]
   assert sorts, "the selection should sort"
   for e in sorts:
     keys = e.invars[: e.params["num_keys"]]
     assert all(jnp.issubdtype(k.aval.dtype, jnp.integer) for k in keys), e
-
-
-def _reductions_outside_conds(closed, G):
-  """``reduce_*`` equations over a ``(G,)`` (or larger) operand that run on every step: those of
-  the jaxpr and of the jaxprs it calls, but not those inside ``cond`` branches."""
-  from hesso_jax._jaxpr import sub_jaxprs
-
-  jaxpr = getattr(closed, "jaxpr", closed)
-  n = 0
-  for e in jaxpr.eqns:
-    if e.primitive.name.startswith("reduce_") and e.invars[0].aval.size >= G:
-      n += 1
-    if e.primitive.name != "cond":
-      n += sum(_reductions_outside_conds(s, G) for s in sub_jaxprs(e.params))
-  return n
 
 
 @pytest.mark.parametrize("name,budget", [("hesso", 1), ("cric", 2)])
@@ -296,4 +271,7 @@ def test_every_step_makes_at_most_its_budget_of_group_reductions(name, budget):
   kw = {"value": jnp.float32(1.0)} if name == "cric" else {}
   g = jax.tree_util.tree_map(jnp.ones_like, params)
   closed = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p, **kw))(g, tx.init(params), params)
-  assert _reductions_outside_conds(closed, space.num_groups) == budget
+  # reductions over a (G,) or larger operand that run on every step: not inside cond branches
+  every_step = [e for e in iter_eqns(closed, skip=("cond",))
+                if e.primitive.name.startswith("reduce_") and e.invars[0].aval.size >= space.num_groups]
+  assert len(every_step) == budget
