@@ -10,7 +10,7 @@ current backend: a donated elementwise step (4096 floats, a stand-in for the bas
 * ``matmul``: a small matrix product and an add per step (no reduction).
 
 ``n = 0`` is the cond with an empty branch; ``plain`` has no cond at all. Each row also counts the
-compiled program's buffer allocations (``benchmarks.common.buffer_allocations``), and among them
+compiled program's buffer allocations (``benchmarks.common.compile_counting_allocations``), and among them
 the *thread-local* ones: the scalar values of the sub-computations that reductions, sorts and
 scatters call.
 
@@ -39,7 +39,7 @@ import numpy as np
 from jax import lax
 
 from benchmarks.common import (
-  buffer_allocations,
+  compile_counting_allocations,
   interleaved_clocks,
   markdown_table,
   table,
@@ -92,9 +92,10 @@ def _variants() -> dict[str, tuple[str | None, int | None]]:
 
 def measure(repeats: int, inner: int) -> list[dict]:
   variants = _variants()
-  calls = {name: _Carry(_step(n, kind or "reduce")) for name, (kind, n) in variants.items()}
-  allocs = {name: buffer_allocations(_step(n, kind or "reduce").lower(*_args()))
-            for name, (kind, n) in variants.items()}
+  calls, allocs = {}, {}
+  for name, (kind, n) in variants.items():
+    step, allocs[name] = compile_counting_allocations(_step(n, kind or "reduce").lower(*_args()))
+    calls[name] = _Carry(step)
   clocks = interleaved_clocks(calls, repeats=repeats, inner=inner, warmup=5)
   us = {c: {name: 1e6 * float(np.median(t)) for name, t in ts.items()} for c, ts in clocks.items()}
   return [{"variant": name, "kind": kind, "n": n, "wall_us": us["wall"][name],
@@ -104,8 +105,10 @@ def measure(repeats: int, inner: int) -> list[dict]:
           for name, (kind, n) in variants.items()]
 
 
-def _slope(rows: list[dict], key: str, x: str = "n", kind: str = "reduce") -> float:
-  pts = [(r[x], r[key]) for r in rows if r["kind"] == kind and r[x] is not None]
+def _slope(rows: list[dict], key: str, x: str = "n", kind: str | None = "reduce") -> float:
+  """Least-squares slope of ``key`` against ``x`` over the rows of ``kind`` (every kind: None)."""
+  pts = [(r[x], r[key]) for r in rows
+         if r["kind"] is not None and kind in (None, r["kind"]) and r[x] is not None]
   n, t = np.array(pts, dtype=float).T
   return float(np.polyfit(n, t, 1)[0]) if np.ptp(n) > 0 else float("nan")
 
@@ -124,8 +127,7 @@ def main(argv=None):
          "slope_cpu_us_per_op": _slope(rows, "cpu_us"),
          "matmul_slope_wall_us_per_op": _slope(rows, "wall_us", kind="matmul"),
          # over both kinds: time against thread-local allocations
-         "slope_wall_us_per_thread_local": _slope(
-           [dict(r, kind="any") for r in rows if r["kind"]], "wall_us", "thread_local", "any"),
+         "slope_wall_us_per_thread_local": _slope(rows, "wall_us", "thread_local", kind=None),
          "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}
   if a._child:
     print("CHILD-JSON", json.dumps(out))

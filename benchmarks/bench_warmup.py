@@ -41,7 +41,7 @@ import optax
 import hesso_jax as hj
 from benchmarks.bench_step import CRIC_KW, HESSO_KW, _Carry, _mlp_task, _split, _timed_opt
 from benchmarks.common import (
-  buffer_allocations,
+  compile_counting_allocations,
   interleaved_clocks,
   markdown_table,
   paired_ratio,
@@ -91,9 +91,10 @@ def bench_width(width: int, repeats: int, inner: int) -> list[dict]:
   grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 1e-2), params)
   base = optax.sgd(1e-2, momentum=0.9)
   st = base.init(params)
-  lowered = _timed_opt(base, False, True).lower(grads, params, st, {})
-  calls = {"sgd": _Carry(lowered.compile(), params, {}, st, (grads,), False, True)}
-  allocs = {"sgd": buffer_allocations(lowered)}
+  allocs: dict[str, dict] = {}
+  step, allocs["sgd"] = compile_counting_allocations(
+    _timed_opt(base, False, True).lower(grads, params, st, {}))
+  calls = {"sgd": _Carry(step, params, {}, st, (grads,), False, True)}
   for name, patches in [*VARIANTS.items(), *CRIC_VARIANTS.items()]:
     cric = name in CRIC_VARIANTS
     ps = patches()
@@ -103,9 +104,8 @@ def bench_width(width: int, repeats: int, inner: int) -> list[dict]:
       tx = hj.hesso_cric(base, space, **CRIC_KW) if cric else hj.hesso(base, space, **HESSO_KW)
       st = tx.init(params)
       phase, rest = _split(st)
-      lowered = _timed_opt(tx, cric, True).lower(grads, params, rest, phase)
-      step = lowered.compile()
-      allocs[name] = buffer_allocations(lowered)
+      step, allocs[name] = compile_counting_allocations(
+        _timed_opt(tx, cric, True).lower(grads, params, rest, phase))
     finally:
       for p in ps:
         p.stop()

@@ -10,6 +10,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -104,18 +105,20 @@ def write_json(name: str, payload: dict) -> str:
   return path
 
 
-def buffer_allocations(lowered) -> dict:
-  """Compile ``lowered`` (a ``jax.jit(f).lower(...)``) with XLA's dump on and count the buffer
-  allocations of its buffer assignment: ``total`` and ``thread_local``. Thread-local ones are
-  the scalar values of the sub-computations that reductions, sorts and scatters call; on XLA:CPU
-  each allocation is a per-execution cost, even inside a ``lax.cond`` branch that is not taken
-  (``benchmarks/bench_cond.py``). Returns ``{}`` when the backend writes no buffer assignment."""
+def compile_counting_allocations(lowered) -> tuple[Any, dict]:
+  """Compile ``lowered`` (a ``jax.jit(f).lower(...)``) once, with XLA's dump on, and return the
+  executable with the count of its buffer allocations: ``total`` and ``thread_local``.
+  Thread-local ones are the scalar values of the sub-computations that reductions, sorts and
+  scatters call; on XLA:CPU each allocation is a per-execution cost, even inside a ``lax.cond``
+  branch that is not taken (``benchmarks/bench_cond.py``). The counts are ``{}`` when the backend
+  writes no buffer assignment."""
   with tempfile.TemporaryDirectory() as d:
-    lowered.compile(compiler_options={"xla_dump_to": d})
+    compiled = lowered.compile(compiler_options={"xla_dump_to": d})
     files = glob.glob(os.path.join(d, "*after_optimizations-buffer-assignment.txt"))
     if not files:
-      return {}
+      return compiled, {}
     with open(max(files, key=os.path.getsize)) as f:
       text = f.read()
   allocs = re.findall(r"^allocation \d+: size \d+, ([^\n]*)$", text, flags=re.M)
-  return {"total": len(allocs), "thread_local": sum("thread-local" in a for a in allocs)}
+  return compiled, {"total": len(allocs),
+                    "thread_local": sum("thread-local" in a for a in allocs)}
