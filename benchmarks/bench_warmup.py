@@ -12,14 +12,17 @@ Before its first selection a HESSO step does three things the base optimizer doe
 
 This benchmark times the donated, carried optimizer-only step (``tx.update`` +
 ``optax.apply_updates`` on fixed gradients, as ``bench_step``) of plain SGD with momentum, of
-HESSO in its warm-up, and of HESSO with one part changed (``unittest.mock`` patches of the
-private functions, for this measurement only): ``ungated`` (the masked expression without the
-scalar gate: the code before it), ``no_mask`` (the update is the base update), ``no_cond`` (no
-selection cond and no ``after``), ``bookkeeping`` (neither the cond nor the masked update: what
-is left is the schedule scalars and the ``(G,)`` mask updates) and ``bare`` (the base update and
-the count increment only; HESSO's masks pass through unchanged). HESSO-CRIC's warm-up step is
-timed too: ``cric``, and ``cric_no_conds`` (every phase ``lax.cond`` replaced by the branch a
-warm-up step takes). Two MLP widths show whether a cost grows with the model (a
+HESSO in its warm-up, and of HESSO with one part changed (``unittest.mock`` patches of the private
+functions, for this measurement only): ``ungated`` (the masked expression without the scalar gate:
+the code before it), ``unstored`` (the masks and phase scalars computed inside the per-element
+loop instead of stored before it by ``optim._common.stored``), ``no_mask`` (the update is the base
+update), ``no_cond`` (no selection cond and no ``after``), ``bookkeeping`` (neither the cond nor
+the masked update: what is left is the schedule scalars and the ``(G,)`` mask updates) and
+``bare`` (the base update and the count increment only; HESSO's masks pass through unchanged).
+``sgd_again`` is an A/A control: plain SGD compiled a second time, whose ratio to SGD shows the
+measurement's own bias and spread on this machine. HESSO-CRIC's warm-up step is timed too:
+``cric``, ``cric_unstored``, and ``cric_no_conds`` (every phase ``lax.cond`` replaced by the
+branch a warm-up step takes). Two MLP widths show whether a cost grows with the model (a
 per-element cost keeps its ratio; a fixed cost shrinks with width). Both clocks are read around
 the same calls: wall time and process CPU time (the latter does not count the time this shared
 virtual machine spends running others, so it is much less noisy).
@@ -64,6 +67,8 @@ VARIANTS: dict[str, Callable[[], list]] = {
   "hesso": lambda: [],
   # the masked expression without its scalar "some mask is set" gate (the code before the gate)
   "ungated": lambda: [mock.patch.object(_common, "masked_updates", _ungated)],
+  # the masks and phase scalars fused into the per-element loop instead of stored before it
+  "unstored": lambda: [mock.patch.object(_common, "stored", lambda live, tree: tree)],
   "no_mask": lambda: [mock.patch.object(_common, "masked_updates", lambda u, *a, **k: u)],
   "no_cond": lambda: [
     mock.patch.object(_hesso, "_select",  # the redundant set, unchanged
@@ -81,6 +86,7 @@ VARIANTS: dict[str, Callable[[], list]] = {
 #: HESSO-CRIC variants (its warm-up step)
 CRIC_VARIANTS: dict[str, Callable[[], list]] = {
   "cric": lambda: [],
+  "cric_unstored": lambda: VARIANTS["unstored"](),
   # every phase cond replaced by its false branch, the one a warm-up step takes
   "cric_no_conds": lambda: [mock.patch.object(_common, "cond", lambda p, t, f, *ops: f(*ops))],
 }
@@ -95,6 +101,11 @@ def bench_width(width: int, repeats: int, inner: int) -> list[dict]:
   step, allocs["sgd"] = compile_counting_allocations(
     _timed_opt(base, False, True).lower(grads, params, st, {}))
   calls = {"sgd": _Carry(step, params, {}, st, (grads,), False, True)}
+  # A/A control: the same SGD step compiled and carried a second time. Its ratio is what this
+  # machine and method report for "no difference" (bias and spread of the measurement itself).
+  step, allocs["sgd_again"] = compile_counting_allocations(
+    _timed_opt(base, False, True).lower(grads, params, st, {}))
+  calls["sgd_again"] = _Carry(step, params, {}, st, (grads,), False, True)
   for name, patches in [*VARIANTS.items(), *CRIC_VARIANTS.items()]:
     cric = name in CRIC_VARIANTS
     ps = patches()
@@ -113,7 +124,7 @@ def bench_width(width: int, repeats: int, inner: int) -> list[dict]:
   clocks = interleaved_clocks(calls, repeats=repeats, inner=inner, warmup=3)
   n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
   rows = []
-  for name in [*VARIANTS, *CRIC_VARIANTS]:
+  for name in ["sgd_again", *VARIANTS, *CRIC_VARIANTS]:
     row = {"width": width, "params": n_params, "variant": name,
            # thread-local buffer allocations of the compiled step (SGD's in sgd_thread_local): on
            # XLA:CPU a per-execution cost, even in the branch of a cond that is not taken

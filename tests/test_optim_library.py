@@ -190,6 +190,43 @@ def test_masked_update_of_every_producer_leaf_is_gated_by_a_scalar(name):
   assert [p for p, ok in zip(paths, gated, strict=True) if ok] == masked
 
 
+def _update_loop_bodies(tx, params, value=False):
+  """The fused computations of the donated step's weight-shaped fusions that apply masks (those
+  with a ``select``): the per-element loops of the masked update."""
+  g = jax.tree_util.tree_map(jnp.ones_like, params)
+
+  def step(g, p, s):
+    u, s = tx.update(g, s, p, **({"value": jnp.float32(1.0)} if value else {}))
+    return optax.apply_updates(p, u), s
+
+  txt = jax.jit(step, donate_argnums=(1, 2)).lower(g, params, tx.init(params)).compile().as_text()
+  entry = txt[txt.index("\nENTRY"):]
+  called = re.findall(r"= f32\[(?:64,128|128,128)\]\S* fusion\(.*?calls=(%[\w.\-]+)", entry)
+  bodies = [txt[txt.index(f"\n{c} "):].split("\n}\n")[0] for c in called]
+  return [b for b in bodies if " select(" in b]
+
+
+@pytest.mark.parametrize("name", ["hesso", "hesso_cric"])
+def test_masked_update_loop_reads_its_masks_instead_of_recomputing_them(name):
+  """The ``(G,)`` masks and phase scalars reach the per-element loop as stored buffers
+  (``optim._common.stored``). Fused into it, every compare/and/or of the phase arithmetic and of
+  the mask bookkeeping is one more loop-invariant condition, and LLVM's unswitching ran out of
+  budget before reaching the ``live`` gate: CRIC's warm-up step read its parameter cache every
+  step (1.19x SGD's optimizer step instead of 1.09x, ``benchmarks/bench_warmup.py``)."""
+  params, space = mlp(dims=(64, 128, 128, 3))
+  base = optax.sgd(0.1, momentum=0.9)
+  if name == "hesso":
+    tx = hj.hesso(base, space, target_group_sparsity=0.5, warmup_steps=1, pruning_steps=4)
+  else:
+    tx = hj.hesso_cric(base, space, target_group_sparsity=0.5, sampling_steps=2,
+                       hybrid_training_steps=2)
+  bodies = _update_loop_bodies(tx, params, value=name == "hesso_cric")
+  assert bodies, "the masked update should be a fused loop with selects"
+  for body in bodies:
+    logic = re.findall(r" (compare|and|or|not|xor)\(", body)
+    assert not logic, (logic, body)
+
+
 def test_cric_step_adds_at_most_the_cache_pass():
   params, space = mlp(dims=(64, 128, 128, 3))
   base = optax.sgd(0.1, momentum=0.9)

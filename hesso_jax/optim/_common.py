@@ -33,6 +33,7 @@ __all__ = [
   "is_params_placeholder",
   "lowest_k",
   "masked_updates",
+  "stored",
   "promote_updates",
   "resolve_space",
   "select_groups",
@@ -344,6 +345,32 @@ def any_set(*masks: ArrayLike | None) -> jax.Array | None:
   return jnp.any(out)
 
 
+def stored(live: ArrayLike | None, tree: Any) -> Any:
+  """``tree`` (small masks and scalars) as buffers that an elementwise pass reads, not recomputes.
+
+  ``lax.cond(live, identity, zeros)``: a cond's outputs are buffers XLA cannot fuse through, so
+  the ``(G,)`` masks and phase scalars are computed once per step, not inside every consumer's
+  loop. With ``live`` false every leaf is zeros (false masks, a zero factor): no mask is set
+  then (the caller's promise), so nothing that reads them changes. ``None`` leaves stay ``None``;
+  with ``live`` None the tree is returned as is. The cond holds no reductions, so it costs no
+  thread-local allocations on XLA:CPU (see ``benchmarks/bench_cond.py``).
+
+  >>> import jax, jax.numpy as jnp
+  >>> masks = (jnp.array([True, False]), jnp.float32(0.5))
+  >>> jax.jit(stored)(jnp.array(True), masks)[0]
+  Array([ True, False], dtype=bool)
+  >>> jax.jit(stored)(jnp.array(False), masks)[1]
+  Array(0., dtype=float32)
+  """
+  if live is None:
+    return tree
+  tree = jax.tree_util.tree_map(jnp.asarray, tree)
+  zeros = lambda t: jax.tree_util.tree_map(jnp.zeros_like, t)
+  if not isinstance(live, jax.core.Tracer):  # eager: nothing to fuse
+    return tree if bool(live) else zeros(tree)
+  return jax.lax.cond(live, lambda t: t, zeros, tree)
+
+
 def masked_updates(
   updates: Any,
   params: Any,
@@ -354,6 +381,7 @@ def masked_updates(
   zero: jax.Array | None = None,
   restore: Any = None,
   restore_when: ArrayLike | None = None,
+  hold: ArrayLike | None = None,
   live: ArrayLike | None = None,
 ) -> Any:
   """Per-element combination of the base updates with forgetting and zeroing.
@@ -366,22 +394,37 @@ def masked_updates(
 
   If ``restore`` (a tree like ``params``) is given, where ``restore_when`` is true ``u`` is first
   replaced by ``restore - x`` for every element of every leaf (so forgetting then scales the
-  restored value, and the zero mask still applies on top).
+  restored value, and the zero mask still applies on top). Where the scalar ``hold`` is true the
+  base update is dropped first (``u`` becomes 0: nothing moves but what the masks move).
   The result dtype is ``result_type(u, x)`` (== u's dtype when they agree). Each leaf is one
   elementwise expression (the (G,) masks are broadcast inside it), which XLA fuses into one pass.
 
   The masked expression is wrapped in ``where(live, ..., u)`` with ``live`` the *scalar* "some
-  mask is set" (``any(forget) | any(zero)``, or ``restore_when``). The result is the same (with
-  every mask false the expression is ``u``), but the loop-invariant scalar lets the CPU backend
-  unswitch the fused loop into a masked and a plain version: a step with nothing to mask (HESSO's
-  warm-up) runs the base optimizer's own loop, without the per-element mask loads and selects.
-  A caller that has ``live`` already (it must be true whenever a mask is set) passes it.
+  mask is set" (``any(forget) | any(zero)``, ``restore_when`` or ``hold``). The result is the
+  same (with every mask false the expression is ``u``), but the loop-invariant scalar lets the CPU
+  backend unswitch the fused loop into a masked and a plain version: a step with nothing to mask
+  (a warm-up step) runs the base optimizer's own loop, without the per-element mask loads and
+  selects, and without reading ``restore``. A caller that has ``live`` already (it must be true
+  whenever a mask is set, ``restore_when`` or ``hold``) passes it.
+
+  The masks and scalars reach the loop through :func:`stored` (a ``lax.cond`` on ``live``), so
+  XLA does not fuse their computation (phase arithmetic, selects on ``(G,)`` state) into the
+  per-element loop: there every such select is one more loop-invariant condition, and LLVM's
+  unswitching budget ran out before it reached ``live`` (HESSO-CRIC's warm-up read the cache
+  every step).
   """
   G = space.num_groups
   if live is None:
-    live = any_set(forget, zero, restore_when if restore is not None else None)
-  zero_t = space.group_mask_tree(zero, params) if (zero is not None and G) else None
-  forget_t = space.group_mask_tree(forget, params) if (forget is not None and G) else None
+    live = any_set(forget, zero, restore_when if restore is not None else None, hold)
+  if restore is None:
+    restore_when = None
+  if G == 0:
+    forget = zero = None
+  forget, factor, zero, restore_when, hold, live = stored(
+    live, (forget, factor, zero, restore_when, hold, live)
+  )
+  zero_t = space.group_mask_tree(zero, params) if zero is not None else None
+  forget_t = space.group_mask_tree(forget, params) if forget is not None else None
   touched = _producer_paths(space)
 
   flat_u, treedef = jax.tree_util.tree_flatten(updates)
@@ -398,6 +441,8 @@ def masked_updates(
     plain = jnp.asarray(u).astype(dt)
     xx = jnp.asarray(x).astype(dt)
     new = plain
+    if hold is not None:
+      new = jnp.where(hold, jnp.zeros_like(new), new)
     if c is not None:
       new = jnp.where(restore_when, (jnp.asarray(c).astype(dt) - xx), new)  # type: ignore[arg-type]
     if path in touched and f is not None:

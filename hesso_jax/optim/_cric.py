@@ -511,12 +511,12 @@ def hesso_cric(
     small, proj_mask, score = _cric_select(cfg, sp, ph, R, ratio, params, direction, small)
     forget, zero = _cric_masks(ph, small, proj_mask)
     # One scalar serves twice: it gates the masked update (true whenever a mask is set or a
-    # restore is due; see masked_updates) and, being computed from every cond's output (the
-    # score, the final selection, the loss ratio), it makes the base update wait for those conds
-    # (which read params and the base state), so a donated step overwrites both in place instead
-    # of copying them every step. One small reduction, as in HESSO.
+    # restore or a probing hold is due; see masked_updates) and, being computed from every
+    # cond's output (the score, the final selection, the loss ratio), it makes the base update
+    # wait for those conds (which read params and the base state), so a donated step overwrites
+    # both in place instead of copying them every step. One small reduction, as in HESSO.
     live = cm.any_set(forget, zero, small.redundant, jnp.isnan(score))
-    live = live | ph.meas | ph.boundary | jnp.isnan(ratio)
+    live = live | ph.probing | ph.boundary | jnp.isnan(ratio)
     base_in = cm.after(live, state.base_state)
     u, base_state = cm.base_step(base, updates, base_in, params, extra_args)
     out, small = _cric_forget(cfg, sp, ph, params, cache, u, forget, zero, live, small)
@@ -739,7 +739,8 @@ def _cric_forget(
   """The update half of a step: one elementwise expression per leaf (fused with the base update
   and ``apply_updates``), and the commit of the selection at the end of hybrid training.
 
-  Probing steps move nothing but the projection; measurement and cycle-boundary steps restore
+  Probing steps move nothing but the projection (``hold``: the base update is dropped); measurement
+  and cycle-boundary steps restore
   the cache; ``forget`` groups are forgotten and ``zero`` groups zeroed (:func:`_cric_masks`);
   ``live`` is true whenever any of that applies (it gates the masked expression).
   """
@@ -750,9 +751,8 @@ def _cric_forget(
   else:  # (S-1)/S, ..., 0: exactly zero at the cycle's last step
     cycle_factor = cm.decay_factor(S, ph.jc)
   factor = jnp.where(ph.cycling, cycle_factor, cm.decay_factor(H, ph.jh))
-  u_eff = jax.tree_util.tree_map(lambda a: jnp.where(ph.probing, jnp.zeros_like(a), a), u)
   out = cm.masked_updates(
-    u_eff,
+    u,
     params,
     sp,
     forget=forget,
@@ -760,6 +760,7 @@ def _cric_forget(
     zero=zero,
     restore=cache,
     restore_when=ph.meas | ph.boundary,
+    hold=ph.probing,
     live=live,
   )
   commit = ph.forgetting & (ph.jh == H - 1)
