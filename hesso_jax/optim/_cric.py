@@ -739,10 +739,10 @@ def _cric_forget(
   """The update half of a step: one elementwise expression per leaf (fused with the base update
   and ``apply_updates``), and the commit of the selection at the end of hybrid training.
 
-  Probing steps move nothing but the projection (``hold``: the base update is dropped); measurement
-  and cycle-boundary steps restore
-  the cache; ``forget`` groups are forgotten and ``zero`` groups zeroed (:func:`_cric_masks`);
-  ``live`` is true whenever any of that applies (it gates the masked expression).
+  Probing steps move nothing but the projection (``hold``: the base update is dropped);
+  measurement and cycle-boundary steps restore the cache; ``forget`` groups are forgotten and
+  ``zero`` groups zeroed (:func:`_cric_masks`); ``live`` is true whenever any of that applies (it
+  gates the masked expression).
   """
   S = jnp.asarray(cfg.sampling_steps, jnp.int32)
   H = jnp.asarray(cfg.hybrid_steps, jnp.int32)
