@@ -281,6 +281,49 @@ def test_sort_key_orders_exactly_like_a_float_sort():
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+def _lowest_in_segments_numpy(x, k, ids):
+  """Reference: per segment, a stable NumPy argsort (-0.0 == 0.0, NaNs last and equal).
+  Subnormals compare as zero, as XLA's float comparisons flush them."""
+  x = np.where(np.abs(x) < np.finfo(np.float32).tiny, np.float32(0), x)
+  out = np.zeros(x.shape, bool)
+  for s in range(len(k)):
+    where = np.flatnonzero(ids == s)
+    order = where[np.argsort(x[where], kind="stable")]
+    out[order[: k[s]]] = True
+  return out
+
+
+def test_radix_selection_picks_what_a_stable_sort_picks():
+  """``lowest_in_segments`` (radix selection, and its sort fallback for 2**24+ groups) against a
+  NumPy stable argsort per segment, on scores full of ties, signed zeros, infinities and NaNs,
+  for every ``k`` from 0 to the segment size."""
+  from hesso_jax.optim import _common
+
+  rng = np.random.default_rng(0)
+  special = np.array([-np.inf, np.inf, -0.0, 0.0, 1.0, -1.0, np.nan, 1e-30, -3e38, 1e-45],
+                     np.float32)
+  G, S = 300, 3
+  ids = np.sort(rng.integers(0, S, G)).astype(np.int32)
+  sizes = np.bincount(ids, minlength=S)
+  radix = jax.jit(jax.vmap(lambda x, k: _common.lowest_in_segments(x, k, ids)))
+  by_sort = jax.jit(jax.vmap(
+      lambda x, k: _common._lowest_in_segments_by_sort(x, k, jnp.asarray(ids))))
+  n = 96
+  x = np.where(rng.random((n, G)) < 0.4, rng.choice(special, (n, G)),
+               np.round(rng.normal(size=(n, G)), 1)).astype(np.float32)
+  k = np.stack([rng.integers(0, sizes + 1) for _ in range(n)]).astype(np.int32)
+  k[0], k[1] = 0, sizes  # none and all
+  want = np.stack([_lowest_in_segments_numpy(x[i], k[i], ids) for i in range(n)])
+  np.testing.assert_array_equal(np.asarray(radix(x, k)), want)
+  np.testing.assert_array_equal(np.asarray(by_sort(x, k)), want)
+  # one segment, as lowest_k calls it; non-finite scores are never among the lowest k
+  glob = jax.jit(jax.vmap(_common.lowest_k))(x, k[:, 0])
+  for i in range(n):
+    fin = np.isfinite(x[i])
+    want1 = _lowest_in_segments_numpy(np.where(fin, x[i], np.inf), k[i, :1], np.zeros(G)) & fin
+    np.testing.assert_array_equal(np.asarray(glob[i]), want1)
+
+
 @pytest.mark.parametrize("name", ["hesso", "cric"])
 def test_selection_sorts_compare_int_keys_only(name):
   """The selection sorts run on :func:`sort_key` ints: a float comparator is five times the size,

@@ -31,6 +31,7 @@ __all__ = [
   "cond",
   "decay_factor",
   "is_params_placeholder",
+  "lowest_in_segments",
   "lowest_k",
   "masked_updates",
   "stored",
@@ -256,13 +257,114 @@ def within_space_rank(scores: jax.Array, space: SearchSpace) -> jax.Array:
 
 
 def lowest_k(scores: jax.Array, k: ArrayLike) -> jax.Array:
-  """bool (G,): the ``k`` lowest finite scores, globally (ties by index)."""
+  """bool (G,): the ``k`` lowest finite scores, globally (ties by index).
+
+  By radix selection (:func:`lowest_in_segments`), not a sort: the same groups, without the
+  ``O(G log G)`` sort, which on XLA:CPU took 0.7 ms for 2048 groups and 30 ms for 65536.
+
+  >>> import jax.numpy as jnp
+  >>> lowest_k(jnp.array([3.0, 1.0, jnp.nan, 1.0, -2.0]), 3)
+  Array([False,  True, False,  True,  True], dtype=bool)
+  """
   G = scores.shape[0]
-  sc = jnp.where(jnp.isfinite(scores), scores, jnp.inf)
-  keys = (sort_key(sc), jnp.arange(G, dtype=jnp.int32))
-  order = jax.lax.sort(keys, num_keys=1, is_stable=True)[1]
-  rank = jnp.zeros((G,), jnp.int32).at[order].set(jnp.arange(G, dtype=jnp.int32))
-  return jnp.isfinite(scores) & (rank < jnp.asarray(k, jnp.int32))
+  fin = jnp.isfinite(scores)
+  kk = jnp.clip(jnp.asarray(k, jnp.int32), 0, G).reshape(1)
+  return fin & lowest_in_segments(jnp.where(fin, scores, jnp.inf), kk)
+
+
+#: bits of the key decided per radix-selection round (256 histogram bins)
+_RADIX_BITS = 8
+
+
+def lowest_in_segments(
+  scores: jax.Array,
+  k: jax.Array,
+  segment_ids: np.ndarray | None = None,
+) -> jax.Array:
+  """bool (G,): in each segment ``s``, the ``k[s]`` lowest ``scores`` (in the order of
+  ``lax.sort``, see :func:`sort_key`; ties by index), by radix selection.
+
+  ``segment_ids`` (static, int, one per score; None: one segment) and ``k`` (int32
+  ``(num_segments,)``, may be traced, at most each segment's size) say how many per segment.
+  Each round histograms the next 8 bits of every candidate's key (one scatter-add of ``G``
+  ones) and keeps the bin where the ``k``-th candidate falls: 4 rounds for the float keys and
+  ``ceil(log2(G) / 8)`` for the index among equal keys, instead of a sort. The cumulative
+  counts are float32 matrix products (exact below 2**24), not reductions: XLA:CPU pays for
+  each reduction's scalar sub-computation on every step, even in a ``lax.cond`` branch that does
+  not run; a round costs one (the scatter-add's).
+
+  >>> import jax.numpy as jnp, numpy as np
+  >>> lowest_in_segments(jnp.array([5.0, 4.0, 4.0, 1.0, 0.0]), jnp.array([2, 1]),
+  ...                    np.array([0, 0, 0, 1, 1]))
+  Array([False,  True,  True, False,  True], dtype=bool)
+  """
+  G = scores.shape[0]
+  if G == 0:
+    return jnp.zeros((0,), bool)
+  if segment_ids is None:
+    ids, S = None, 1
+  else:
+    ids_np = np.asarray(segment_ids, np.int32)
+    ids, S = jnp.asarray(ids_np), int(ids_np.max()) + 1
+  k = jnp.asarray(k, jnp.int32).reshape(S)
+  if G >= 2**24:  # the float32 counts are exact below 2**24
+    return _lowest_in_segments_by_sort(scores, k, ids)
+  per = (lambda v: v[0]) if ids is None else (lambda v: v[ids])
+  u = jax.lax.bitcast_convert_type(sort_key(scores), jnp.uint32) ^ jnp.uint32(0x80000000)
+  idx = jnp.arange(G, dtype=jnp.uint32)
+  t, rest = _radix_kth(u, jnp.ones((G,), bool), ids, S, k, 32)
+  tie = u == per(t)
+  t_idx, _ = _radix_kth(idx, tie, ids, S, rest, max(1, (G - 1).bit_length()))
+  return ((u < per(t)) | (tie & (idx <= per(t_idx)))) & per(k > 0)
+
+
+def _radix_kth(
+  vals: jax.Array, cand: jax.Array, ids: jax.Array | None, S: int, k: jax.Array, bits: int
+) -> tuple[jax.Array, jax.Array]:
+  """Per segment, the value ``v`` of the ``k``-th smallest (1-based) ``cand`` value among the
+  low ``bits`` bits of uint32 ``vals``, and how many of the ``k`` are equal to ``v``
+  (``k - #(cand & vals < v)``). ``k`` in ``[1, #cand]``; a segment with ``k == 0`` gets junk."""
+  R = _RADIX_BITS
+  B = 1 << R
+  hi_prec = jax.lax.Precision.HIGHEST
+  upper = jnp.asarray(np.triu(np.ones((B, B), np.float32)))  # v @ upper: cumulative sums of v
+  prefix = jnp.zeros((S,), jnp.uint32)
+  need = k.astype(jnp.float32)
+  for shift in range(((bits - 1) // R) * R, -1, -R):
+    digit = ((vals >> shift) & jnp.uint32(B - 1)).astype(jnp.int32)
+    top = shift + R
+    if top < 32:  # candidates whose higher bits are the prefix decided so far
+      same = (vals >> top) == ((prefix[0] if ids is None else prefix[ids]) >> top)
+      match = cand & same
+    else:
+      match = cand
+    bins = digit if ids is None else ids * B + digit
+    hist = jnp.zeros((S * B,), jnp.int32).at[bins].add(match.astype(jnp.int32))
+    hist = hist.reshape(S, B).astype(jnp.float32)
+    cum = jnp.dot(hist, upper, precision=hi_prec)  # (S, B): candidates with digit <= j
+    below = (cum < need[:, None]).astype(jnp.float32)  # ones on the bins before the k-th's
+    # the k-th's digit (number of bins below it) and the candidates in those bins, as the last
+    # column of one more cumulative sum: matrix products, where a vector dot would become a
+    # reduction (XLA rewrites those), with its per-step cost on XLA:CPU
+    tot = jnp.dot(jnp.concatenate([below, below * hist]), upper, precision=hi_prec)[:, B - 1]
+    need = need - tot[S:]
+    prefix = prefix | (tot[:S].astype(jnp.uint32) << shift)
+  return prefix, need.astype(jnp.int32)
+
+
+def _lowest_in_segments_by_sort(scores: jax.Array, k: jax.Array, ids: jax.Array | None):
+  """:func:`lowest_in_segments` by a stable sort (for 2**24 groups or more)."""
+  G = scores.shape[0]
+  seg = jnp.zeros((G,), jnp.int32) if ids is None else ids
+  idx = jnp.arange(G, dtype=jnp.int32)
+  _, _, order = jax.lax.sort((seg, sort_key(scores), idx), num_keys=2, is_stable=True)
+  rank = jnp.zeros((G,), jnp.int32).at[order].set(idx)  # position in (segment, score) order
+  start = (
+    jnp.zeros((G,), jnp.int32)
+    .at[order]
+    .set(jnp.searchsorted(seg[order], seg[order], side="left").astype(jnp.int32))
+  )
+  return rank - start < k[seg]
 
 
 def select_groups(
@@ -444,7 +546,7 @@ def masked_updates(
     if hold is not None:
       new = jnp.where(hold, jnp.zeros_like(new), new)
     if c is not None:
-      new = jnp.where(restore_when, (jnp.asarray(c).astype(dt) - xx), new)  # type: ignore[arg-type]
+      new = jnp.where(restore_when, (jnp.asarray(c).astype(dt) - xx), new)
     if path in touched and f is not None:
       cdt = jnp.promote_types(dt, jnp.float32)
       fac = jnp.asarray(factor, cdt)

@@ -209,7 +209,7 @@ def cycle_update(
   ``tolerance`` groups (empty, by default: the last cycle brought no new candidate) or when
   ``max_cycles`` cycles ran. Every cycling step adds the current bottom ``R`` to the trial set.
   """
-  # the global sort only on cycling steps (a lax.cond under jit)
+  # the global bottom-R selection only on cycling steps (a lax.cond under jit)
   bottom = cm.cond(
     ph.cycling, lambda sc: cm.lowest_k(sc, R), lambda sc: jnp.zeros(sc.shape, bool), score
   )
@@ -671,9 +671,9 @@ def _cric_select(
 ) -> tuple[CricState, jax.Array, jax.Array]:
   """The small-state half of a step: scores, probes, cycle sets and the final selection.
 
-  The saliency (of ``direction()``), the sorts and the final ranking sit behind ``lax.cond``s on
-  their phases. Returns (the small state fields after this step's bookkeeping, the groups a
-  probe zeroes this step, the recorded score). ``redundant`` is the final selection from the
+  The saliency (of ``direction()``), the selections and the final ranking sit behind
+  ``lax.cond``s on their phases. Returns (the small state fields after this step's bookkeeping,
+  the groups a probe zeroes this step, the recorded score). ``redundant`` is the final selection from the
   termination step on; committing it as pruned is :func:`_cric_forget`'s.
   """
   G = sp.num_groups

@@ -119,7 +119,8 @@ def hesso(
   broadcast inside it), which XLA fuses with the base update and ``optax.apply_updates`` into
   the pass the base optimizer makes anyway; outside selection steps nothing else touches a
   full-size array. Selection steps (``j == 0``, behind a ``lax.cond``) recompute the base update
-  for the saliency reductions and sort the ``G`` scores. With the params and optimizer state
+  for the saliency reductions and rank the ``G`` scores (a within-space sort, a global radix
+  selection). With the params and optimizer state
   donated (``jax.jit(step, donate_argnums=...)``) both are updated in place and no weight-sized
   buffer is copied, as with the base optimizer alone.
 
