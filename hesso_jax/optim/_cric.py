@@ -673,8 +673,8 @@ def _cric_select(
 
   The saliency (of ``direction()``), the selections and the final ranking sit behind
   ``lax.cond``s on their phases. Returns (the small state fields after this step's bookkeeping,
-  the groups a probe zeroes this step, the recorded score). ``redundant`` is the final selection from the
-  termination step on; committing it as pruned is :func:`_cric_forget`'s.
+  the groups a probe zeroes this step, the recorded score). ``redundant`` is the final
+  selection from the termination step on; committing it as pruned is :func:`_cric_forget`'s.
   """
   G = sp.num_groups
   record = ph.proj | ph.cycling
