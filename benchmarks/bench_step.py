@@ -234,6 +234,39 @@ def bench_model(name: str, repeats: int, inner: int, donate: bool) -> tuple[list
                 "setup_and_compile_s": setup, "timing_s": time.perf_counter() - t0 - setup}
 
 
+def run_fractions(steps: int, num_spaces: int) -> dict[str, dict[str, float]]:
+  """Share of each timed phase in a run of ``steps`` steps with the experiments' schedules
+  (``experiments.run.schedule`` / ``cric_schedule``): HESSO 20% warm-up, 40% pruning in 3 periods
+  (3 selection steps), 40% committed; HESSO-CRIC 20% warm-up, ``6 * num_spaces`` probing steps
+  and at most ``5 * max(5, steps // 60)`` cycle steps (all five cycles run: the worst case;
+  probing steps are counted at the cycle steps' cost, as both score every step), 40%
+  forgetting, the rest committed."""
+  sel = 3 / steps
+  cyc = (6 * num_spaces + 5 * max(5, steps // 60)) / steps
+  return {"hesso": {"warmup": 0.2, "selection": sel, "forgetting": 0.4 - sel, "committed": 0.4},
+          "cric": {"warmup": 0.2, "selection": cyc, "forgetting": 0.4, "committed": 0.4 - cyc}}
+
+
+def run_means(rows: list[dict], info: dict, steps: int = 3000) -> list[dict]:
+  """Whole-run mean step-time ratio per model, optimizer and measure: the per-phase ratios
+  weighted by :func:`run_fractions` (a step-count-weighted mean of per-step ratios)."""
+  out = []
+  for model, i in info.items():
+    fr = run_fractions(steps, i["prunable_spaces"])
+    for opt, phases in fr.items():
+      for measure in ("opt", "train"):
+        got = {r["phase"]: r for r in rows
+               if (r["model"], r["optimizer"], r["measure"]) == (model, opt, measure)}
+        if set(got) != set(phases):
+          continue
+        row = {"model": model, "optimizer": opt, "measure": measure, "steps": steps,
+               "cycle_or_selection_share": phases["selection"]}
+        for pre in ("", "cpu_"):
+          row[f"{pre}ratio"] = sum(f * got[ph][f"{pre}ratio"] for ph, f in phases.items())
+        out.append(row)
+  return out
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser()
   ap.add_argument("--small", action="store_true", help="fewer repeats (a quick check)")
@@ -248,9 +281,10 @@ def main(argv=None):
     r, i = bench_model(name, repeats, inner, a.donate)
     rows += r
     info[name] = i
+  means = run_means(rows, info)
   write_json("step" if a.donate else "step_no_donate", {"small": a.small, "donate": a.donate,
                       "repeats": repeats, "inner": inner, "models": info,
-                      "hesso": HESSO_KW, "cric": CRIC_KW, "rows": rows})
+                      "hesso": HESSO_KW, "cric": CRIC_KW, "rows": rows, "run_means": means})
   cols = ["model", "optimizer", "phase", "measure", "median_us", "base_us", "ratio", "q25", "q75",
           "cpu_ratio", "cpu_q25", "cpu_q75"]
   fmt = {c: "{:.3f}" for c in cols[6:]}
@@ -270,6 +304,10 @@ def main(argv=None):
                         "train (cpu)"],
                        {c: "{:.2f}x" for c in ("opt (wall)", "opt (cpu)", "train (wall)",
                                                "train (cpu)")}))
+  print("\n== whole-run mean ratio, the experiments' schedules over 3000 steps (run_fractions) ==")
+  print(table(means, ["model", "optimizer", "measure", "cycle_or_selection_share", "ratio",
+                      "cpu_ratio"],
+              {"cycle_or_selection_share": "{:.3f}", "ratio": "{:.3f}", "cpu_ratio": "{:.3f}"}))
   for k, i in info.items():
     print(f"{k}: setup+compile {i['setup_and_compile_s']:.1f} s, timing {i['timing_s']:.1f} s")
 
