@@ -19,9 +19,13 @@ Phases (HESSO: warm-up 2 steps, 2 periods of 4 steps; CRIC: start 2, cycles of 3
 
 Each variant is timed at a fixed optimizer state reached by running the schedule (the same state
 is fed every call, so the same phase runs each time). Variants are interleaved round-robin and
-ratios are medians of per-round ratios (robust to load drift on a shared machine).
+ratios are medians of per-round ratios (robust to load drift on a shared machine). The row
+``sgd_again`` is an A/A control: the plain step compiled and carried a second time, so its
+distance from 1 is what this machine and method read as "no difference". The whole-run means
+(:func:`run_means`) weight the phase ratios by the phases' shares of a run of the experiments'
+schedules.
 
-    python -m benchmarks.bench_step [--small]
+    python -m benchmarks.bench_step [--small] [--no-donate]
 """
 
 from __future__ import annotations
@@ -204,6 +208,8 @@ def bench_model(name: str, repeats: int, inner: int, donate: bool) -> tuple[list
       calls[f"{label}/{ph}/opt"] = _Carry(ostep, p, a, s, (grads,), False, donate)
 
   add("sgd", base, False, {"-": (params, aux, base.init(params))})
+  # A/A control: plain SGD compiled and carried a second time (what "no difference" reads as)
+  add("sgd_again", base, False, {"-": (params, aux, base.init(params))})
   tx = hj.hesso(base, space, **HESSO_KW)
   add("hesso", tx, False, _states_by_phase(tx, _train_step(tx, loss_fn, False), params, aux,
                                            batch, _hesso_phase, 12))
