@@ -138,6 +138,13 @@ def _full_size_ops(tx, params, value=False, donate=False, op="fusion"):
   """``op``s (fusion or copy) in the entry computation of the jitted update+apply that produce a
   weight-shaped array (each is one pass over that weight). ``donate``: params and optimizer state
   are donated, as in a real training loop, so XLA may update them in place."""
+  txt = _compiled_step(tx, params, value, donate)
+  entry = txt[txt.index("\nENTRY"):]
+  return len(re.findall(rf"= f32\[(?:64,128|128,128)\]\S* {op}\(", entry))
+
+
+def _compiled_step(tx, params, value=False, donate=False):
+  """Optimized HLO text of the jitted update + apply on ones as gradients."""
   g = jax.tree_util.tree_map(jnp.ones_like, params)
 
   def step(g, p, s):
@@ -145,9 +152,15 @@ def _full_size_ops(tx, params, value=False, donate=False, op="fusion"):
     return optax.apply_updates(p, u), s
 
   jitted = jax.jit(step, donate_argnums=(1, 2) if donate else ())
-  txt = jitted.lower(g, params, tx.init(params)).compile().as_text()
-  entry = txt[txt.index("\nENTRY"):]
-  return len(re.findall(rf"= f32\[(?:64,128|128,128)\]\S* {op}\(", entry))
+  return jitted.lower(g, params, tx.init(params)).compile().as_text()
+
+
+def _small_tx(name, space, base):
+  """``hesso`` or ``hesso_cric`` on ``base`` with a short schedule."""
+  if name == "hesso":
+    return hj.hesso(base, space, target_group_sparsity=0.5, warmup_steps=1, pruning_steps=4)
+  return hj.hesso_cric(base, space, target_group_sparsity=0.5, sampling_steps=2,
+                       hybrid_training_steps=2)
 
 
 def _full_size_fusions(tx, params, value=False):
@@ -169,13 +182,8 @@ def test_masked_update_of_every_producer_leaf_is_gated_by_a_scalar(name):
   (``benchmarks/bench_warmup.py``, variant ``ungated``). In HESSO leaves that are not producers
   (the last layer here) carry no mask at all; CRIC's cache restores act on every leaf."""
   params, space = mlp(dims=(64, 128, 128, 3))
-  base = optax.sgd(0.1, momentum=0.9)
-  if name == "hesso":
-    tx, kw = hj.hesso(base, space, target_group_sparsity=0.5, warmup_steps=1, pruning_steps=4), {}
-  else:
-    tx = hj.hesso_cric(base, space, target_group_sparsity=0.5, sampling_steps=2,
-                       hybrid_training_steps=2)
-    kw = {"value": jnp.float32(1.0)}
+  tx = _small_tx(name, space, optax.sgd(0.1, momentum=0.9))
+  kw = {"value": jnp.float32(1.0)} if name == "hesso_cric" else {}
   g = jax.tree_util.tree_map(jnp.ones_like, params)
   cj = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p, **kw)[0])(g, tx.init(params), params)
   defs = {v: e for e in cj.jaxpr.eqns for v in e.outvars}
@@ -193,13 +201,7 @@ def test_masked_update_of_every_producer_leaf_is_gated_by_a_scalar(name):
 def _update_loop_bodies(tx, params, value=False):
   """The fused computations of the donated step's weight-shaped fusions that apply masks (those
   with a ``select``): the per-element loops of the masked update."""
-  g = jax.tree_util.tree_map(jnp.ones_like, params)
-
-  def step(g, p, s):
-    u, s = tx.update(g, s, p, **({"value": jnp.float32(1.0)} if value else {}))
-    return optax.apply_updates(p, u), s
-
-  txt = jax.jit(step, donate_argnums=(1, 2)).lower(g, params, tx.init(params)).compile().as_text()
+  txt = _compiled_step(tx, params, value, donate=True)
   entry = txt[txt.index("\nENTRY"):]
   called = re.findall(r"= f32\[(?:64,128|128,128)\]\S* fusion\(.*?calls=(%[\w.\-]+)", entry)
   bodies = [txt[txt.index(f"\n{c} "):].split("\n}\n")[0] for c in called]
@@ -212,14 +214,9 @@ def test_masked_update_loop_reads_its_masks_instead_of_recomputing_them(name):
   (``optim._common.stored``). Fused into it, every compare/and/or of the phase arithmetic and of
   the mask bookkeeping is one more loop-invariant condition, and LLVM's unswitching ran out of
   budget before reaching the ``live`` gate: CRIC's warm-up step read its parameter cache every
-  step (1.19x SGD's optimizer step instead of 1.09x, ``benchmarks/bench_warmup.py``)."""
+  step (1.23x SGD's optimizer step instead of 1.10x, ``benchmarks/bench_warmup.py``)."""
   params, space = mlp(dims=(64, 128, 128, 3))
-  base = optax.sgd(0.1, momentum=0.9)
-  if name == "hesso":
-    tx = hj.hesso(base, space, target_group_sparsity=0.5, warmup_steps=1, pruning_steps=4)
-  else:
-    tx = hj.hesso_cric(base, space, target_group_sparsity=0.5, sampling_steps=2,
-                       hybrid_training_steps=2)
+  tx = _small_tx(name, space, optax.sgd(0.1, momentum=0.9))
   bodies = _update_loop_bodies(tx, params, value=name == "hesso_cric")
   assert bodies, "the masked update should be a fused loop with selects"
   for body in bodies:
@@ -230,8 +227,7 @@ def test_masked_update_loop_reads_its_masks_instead_of_recomputing_them(name):
 def test_cric_step_adds_at_most_the_cache_pass():
   params, space = mlp(dims=(64, 128, 128, 3))
   base = optax.sgd(0.1, momentum=0.9)
-  tx = hj.hesso_cric(base, space, target_group_sparsity=0.5, sampling_steps=2,
-                     hybrid_training_steps=2)
+  tx = _small_tx("hesso_cric", space, base)
   assert _full_size_fusions(tx, params, value=True) <= _full_size_fusions(base, params) + 2
 
 
@@ -243,11 +239,7 @@ def test_donated_step_updates_state_in_place_without_copies(name):
   that ordering XLA copies the momentum (and for CRIC the params and the cache) every step."""
   params, space = mlp(dims=(64, 128, 128, 3))
   base = optax.sgd(0.1, momentum=0.9)
-  if name == "hesso":
-    tx = hj.hesso(base, space, target_group_sparsity=0.5, warmup_steps=1, pruning_steps=4)
-  else:
-    tx = hj.hesso_cric(base, space, target_group_sparsity=0.5, sampling_steps=2,
-                       hybrid_training_steps=2)
+  tx = _small_tx(name, space, base)
   cric = name == "hesso_cric"
   assert _full_size_ops(base, params, donate=True, op="copy") == 0
   assert _full_size_ops(tx, params, value=cric, donate=True, op="copy") == 0
