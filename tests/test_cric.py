@@ -297,3 +297,32 @@ def test_missing_loss_and_bad_arguments_raise():
   with pytest.raises(ValueError, match="l0/kernel"):
     tx.init({k: v for k, v in params.items() if k != "l0"})
   assert dict(hj.DEFAULT_CRIC_IMPORTANCE) == {**hj.DEFAULT_IMPORTANCE, "loss": 1.0}
+
+
+def test_probing_steps_apply_no_base_update():
+  """Probing holds training: with a base that moves the weights (SGD on the MLP's loss), a
+  projection step changes nothing but the trial's zeroed groups and a measurement step restores
+  the cache exactly; cycle steps after the first train again."""
+  params, space = mlp()
+  tx = hj.hesso_cric(optax.sgd(0.1), space, target_group_sparsity=0.5, start_cric_step=1,
+                     sampling_steps=2, hybrid_training_steps=2, trial_sparsities=(0.5,))
+  c0 = 1
+  P0 = cric_schedule(space, start_cric_step=c0, sampling_steps=2, max_cycle_period=10,
+                     hybrid_training_steps=2, trial_sparsities=(0.5,))["cycles_start"]
+  step, _ = traced_step(tx, X, Y)
+  p, st = params, tx.init(params)
+  for i in range(P0 + 2):
+    new_p, st = step(p, st)
+    moved = [np.asarray(a != b) for a, b in zip(jax.tree_util.tree_leaves(new_p),
+                                                jax.tree_util.tree_leaves(p), strict=True)]
+    if i == P0:  # the first cycle step restores the cache (and starts forgetting)
+      pass
+    elif i < c0 or i > P0:  # training steps: most weights move (some ReLU units are dead)
+      assert sum(m.sum() for m in moved) > 0.5 * sum(m.size for m in moved), i
+    elif (i - c0) % 2 == 0:  # projection: only zeroed entries changed
+      assert any(m.any() for m in moved), i
+      for m, a in zip(moved, jax.tree_util.tree_leaves(new_p), strict=True):
+        assert np.all(np.asarray(a)[m] == 0.0), i
+    else:  # measurement: back to the cache, bit for bit
+      chex.assert_trees_all_equal(new_p, st.cache)
+    p = new_p
