@@ -180,7 +180,7 @@ def iter_eqns(jaxpr: Any, *, skip: tuple[str, ...] = ()) -> Iterator[Any]:
   >>> [e.primitive.name for e in iter_eqns(closed, skip=("cond",))]
   ['gt', 'convert_element_type', 'cond']
   """
-  for eqn in getattr(jaxpr, "jaxpr", jaxpr).eqns:
+  for eqn in open_jaxpr(jaxpr)[0].eqns:
     yield eqn
     if eqn.primitive.name not in skip:
       for sub in sub_jaxprs(eqn.params):

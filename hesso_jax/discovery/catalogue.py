@@ -278,11 +278,7 @@ del S
 
 def primitives_of(jaxpr: Any) -> Iterator[str]:
   """Names of every primitive in a (Closed)Jaxpr, recursing into all sub-jaxprs."""
-  inner, _ = J.open_jaxpr(jaxpr)
-  for eqn in inner.eqns:
-    yield eqn.primitive.name
-    for sub in J.sub_jaxprs(eqn.params):
-      yield from primitives_of(sub)
+  return (eqn.primitive.name for eqn in J.iter_eqns(jaxpr))
 
 
 def collect(specs: tuple[CallSpec, ...] = SPECS) -> dict[str, list[str]]:
