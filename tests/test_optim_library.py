@@ -298,8 +298,7 @@ def test_radix_selection_picks_what_a_stable_sort_picks():
   ids = np.sort(rng.integers(0, S, G)).astype(np.int32)
   sizes = np.bincount(ids, minlength=S)
   radix = jax.jit(jax.vmap(lambda x, k: _common.lowest_in_segments(x, k, ids)))
-  by_sort = jax.jit(jax.vmap(
-      lambda x, k: _common._lowest_in_segments_by_sort(x, k, jnp.asarray(ids))))
+  by_sort = jax.jit(jax.vmap(lambda x, k: _common._lowest_in_segments_by_sort(x, k, ids)))
   n = 96
   x = np.where(rng.random((n, G)) < 0.4, rng.choice(special, (n, G)),
                np.round(rng.normal(size=(n, G)), 1)).astype(np.float32)

@@ -245,15 +245,21 @@ def sort_key(scores: ArrayLike) -> jax.Array:
 
 def within_space_rank(scores: jax.Array, space: SearchSpace) -> jax.Array:
   """int32 (G,): rank of each group's score inside its own space (0 = lowest; ties by index)."""
-  G = space.num_groups
-  ids_np = space.space_ids()
-  offs_np = np.array(space.group_offsets, np.int32)
+  return _rank_in_segments(scores, space.space_ids())
+
+
+def _rank_in_segments(scores: jax.Array, segment_ids: np.ndarray) -> jax.Array:
+  """int32 (G,): rank of each score inside its segment (static ids; 0 = lowest; ties by index)."""
+  G = scores.shape[0]
+  ids_np = np.asarray(segment_ids, np.int32)
   arange = jnp.arange(G, dtype=jnp.int32)
-  # stable two-key sort by (space id, score): ties keep index order
+  # stable two-key sort by (segment id, score): ties keep index order
   keys = (jnp.asarray(ids_np), sort_key(scores), arange)
   perm = jax.lax.sort(keys, num_keys=2, is_stable=True)[2]
-  pos_in_space = jnp.asarray(np.arange(G, dtype=np.int32) - offs_np[ids_np])  # static
-  return jnp.zeros((G,), jnp.int32).at[perm].set(pos_in_space)
+  # position in sorted order minus where the segment starts there (static)
+  sorted_ids = np.sort(ids_np, kind="stable")
+  pos_in_segment = np.arange(G) - np.searchsorted(sorted_ids, sorted_ids, side="left")
+  return jnp.zeros((G,), jnp.int32).at[perm].set(jnp.asarray(pos_in_segment, jnp.int32))
 
 
 def lowest_k(scores: jax.Array, k: ArrayLike) -> jax.Array:
@@ -308,8 +314,8 @@ def lowest_in_segments(
     ids, S = jnp.asarray(ids_np), int(ids_np.max()) + 1
   k = jnp.asarray(k, jnp.int32).reshape(S)
   if G >= 2**24:  # the float32 counts are exact below 2**24
-    return _lowest_in_segments_by_sort(scores, k, ids)
-  per = (lambda v: v[0]) if ids is None else (lambda v: v[ids])
+    return _lowest_in_segments_by_sort(scores, k, segment_ids)
+  per = lambda v: _per_group(v, ids)
   u = jax.lax.bitcast_convert_type(sort_key(scores), jnp.uint32) ^ jnp.uint32(0x80000000)
   idx = jnp.arange(G, dtype=jnp.uint32)
   t, rest = _radix_kth(u, jnp.ones((G,), bool), ids, S, k, 32)
@@ -334,8 +340,7 @@ def _radix_kth(
     digit = ((vals >> shift) & jnp.uint32(B - 1)).astype(jnp.int32)
     top = shift + R
     if top < 32:  # candidates whose higher bits are the prefix decided so far
-      same = (vals >> top) == ((prefix[0] if ids is None else prefix[ids]) >> top)
-      match = cand & same
+      match = cand & ((vals >> top) == (_per_group(prefix, ids) >> top))
     else:
       match = cand
     bins = digit if ids is None else ids * B + digit
@@ -352,19 +357,17 @@ def _radix_kth(
   return prefix, need.astype(jnp.int32)
 
 
-def _lowest_in_segments_by_sort(scores: jax.Array, k: jax.Array, ids: jax.Array | None):
+def _per_group(v: jax.Array, ids: jax.Array | None) -> jax.Array:
+  """A per-segment ``(S,)`` value at every group (``ids`` None: the one segment's)."""
+  return v[0] if ids is None else v[ids]
+
+
+def _lowest_in_segments_by_sort(
+  scores: jax.Array, k: jax.Array, segment_ids: np.ndarray | None
+) -> jax.Array:
   """:func:`lowest_in_segments` by a stable sort (for 2**24 groups or more)."""
-  G = scores.shape[0]
-  seg = jnp.zeros((G,), jnp.int32) if ids is None else ids
-  idx = jnp.arange(G, dtype=jnp.int32)
-  _, _, order = jax.lax.sort((seg, sort_key(scores), idx), num_keys=2, is_stable=True)
-  rank = jnp.zeros((G,), jnp.int32).at[order].set(idx)  # position in (segment, score) order
-  start = (
-    jnp.zeros((G,), jnp.int32)
-    .at[order]
-    .set(jnp.searchsorted(seg[order], seg[order], side="left").astype(jnp.int32))
-  )
-  return rank - start < k[seg]
+  ids_np = np.zeros(scores.shape, np.int32) if segment_ids is None else segment_ids
+  return _rank_in_segments(scores, ids_np) < k[jnp.asarray(ids_np, jnp.int32)]
 
 
 def select_groups(
