@@ -42,6 +42,7 @@ import optax
 
 import hesso_jax as hj
 from benchmarks.common import interleaved_clocks, markdown_table, paired_ratio, table, write_json
+from experiments import run as R
 from experiments.models import DigitsCNN
 
 HESSO_KW = dict(target_group_sparsity=0.5, warmup_steps=2, pruning_steps=8, pruning_periods=2)
@@ -242,15 +243,21 @@ def bench_model(name: str, repeats: int, inner: int, donate: bool) -> tuple[list
 
 def run_fractions(steps: int, num_spaces: int) -> dict[str, dict[str, float]]:
   """Share of each timed phase in a run of ``steps`` steps with the experiments' schedules
-  (``experiments.run.schedule`` / ``cric_schedule``): HESSO 20% warm-up, 40% pruning in 3 periods
-  (3 selection steps), 40% committed; HESSO-CRIC 20% warm-up, ``6 * num_spaces`` probing steps
-  and at most ``5 * max(5, steps // 60)`` cycle steps (all five cycles run: the worst case;
-  probing steps are counted at the cycle steps' cost, as both score every step), 40%
-  forgetting, the rest committed."""
-  sel = 3 / steps
-  cyc = (6 * num_spaces + 5 * max(5, steps // 60)) / steps
-  return {"hesso": {"warmup": 0.2, "selection": sel, "forgetting": 0.4 - sel, "committed": 0.4},
-          "cric": {"warmup": 0.2, "selection": cyc, "forgetting": 0.4, "committed": 0.4 - cyc}}
+  (``experiments.run.schedule`` / ``cric_schedule``, not small): HESSO's warm-up, one selection
+  step per period, the rest of its pruning steps forgetting, the remainder committed;
+  HESSO-CRIC's warm-up, its probing steps (3 trial sparsities) and all its cycles (the worst
+  case; probing steps are counted at the cycle steps' cost, as both score every step), its
+  hybrid steps forgetting, the remainder committed."""
+  h, c = R.schedule(steps), R.cric_schedule(steps, small=False)
+  sel = h["pruning_periods"]
+  hesso = {"warmup": h["warmup_steps"], "selection": sel,
+           "forgetting": h["pruning_steps"] - sel}
+  cyc = 2 * num_spaces * 3 + c["max_cycle_period"] * c["sampling_steps"]
+  cric = {"warmup": c["start_cric_step"], "selection": cyc,
+          "forgetting": c["hybrid_training_steps"]}
+  return {name: {**{ph: n / steps for ph, n in ph_steps.items()},
+                 "committed": 1 - sum(ph_steps.values()) / steps}
+          for name, ph_steps in (("hesso", hesso), ("cric", cric))}
 
 
 def run_means(rows: list[dict], info: dict, steps: int = 3000) -> list[dict]:
