@@ -92,7 +92,7 @@ CRIC_VARIANTS: dict[str, Callable[[], list]] = {
 }
 
 
-def bench_width(width: int, repeats: int, inner: int) -> list[dict]:
+def bench_width(width: int, repeats: int, inner: int, only: set[str] | None = None) -> list[dict]:
   params, _, _, _, space = _mlp_task(jax.random.PRNGKey(0), width)
   grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 1e-2), params)
   base = optax.sgd(1e-2, momentum=0.9)
@@ -106,8 +106,10 @@ def bench_width(width: int, repeats: int, inner: int) -> list[dict]:
   step, allocs["sgd_again"] = compile_counting_allocations(
     _timed_opt(base, False, True).lower(grads, params, st, {}))
   calls["sgd_again"] = _Carry(step, params, {}, st, (grads,), False, True)
-  for name, patches in [*VARIANTS.items(), *CRIC_VARIANTS.items()]:
+  names = [n for n in [*VARIANTS, *CRIC_VARIANTS] if only is None or n in only]
+  for name in names:
     cric = name in CRIC_VARIANTS
+    patches = CRIC_VARIANTS[name] if cric else VARIANTS[name]
     ps = patches()
     for p in ps:
       p.start()
@@ -124,7 +126,7 @@ def bench_width(width: int, repeats: int, inner: int) -> list[dict]:
   clocks = interleaved_clocks(calls, repeats=repeats, inner=inner, warmup=3)
   n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
   rows = []
-  for name in ["sgd_again", *VARIANTS, *CRIC_VARIANTS]:
+  for name in ["sgd_again", *names]:
     row = {"width": width, "params": n_params, "variant": name,
            # thread-local buffer allocations of the compiled step (SGD's in sgd_thread_local): on
            # XLA:CPU a per-execution cost, even in the branch of a cond that is not taken
@@ -146,11 +148,21 @@ def bench_width(width: int, repeats: int, inner: int) -> list[dict]:
 def main(argv=None):
   ap = argparse.ArgumentParser()
   ap.add_argument("--small", action="store_true", help="fewer repeats, one width (a quick check)")
+  ap.add_argument("--variants", help="comma-separated variants to time (default: all)")
+  ap.add_argument("--widths", help="comma-separated MLP widths (default: 1024,2048)")
+  ap.add_argument("--repeats", type=int, help="interleaved rounds (default 300; --small 7)")
+  ap.add_argument("--out", default="warmup", help="results/bench_<out>.json (default: warmup)")
   a = ap.parse_args(argv)
   repeats, inner, widths = (7, 5, (256,)) if a.small else (300, 4, (1024, 2048))
-  rows = [r for w in widths for r in bench_width(w, repeats, inner)]
-  write_json("warmup", {"small": a.small, "repeats": repeats, "inner": inner, "hesso": HESSO_KW,
-                        "rows": rows})
+  repeats = a.repeats or repeats
+  widths = tuple(int(w) for w in a.widths.split(",")) if a.widths else widths
+  only = set(a.variants.split(",")) if a.variants else None
+  unknown = (only or set()) - set(VARIANTS) - set(CRIC_VARIANTS)
+  if unknown:
+    ap.error(f"--variants: unknown {sorted(unknown)}; known: {[*VARIANTS, *CRIC_VARIANTS]}")
+  rows = [r for w in widths for r in bench_width(w, repeats, inner, only)]
+  write_json(a.out, {"small": a.small, "repeats": repeats, "inner": inner, "hesso": HESSO_KW,
+                     "variants": sorted(only) if only else "all", "rows": rows})
   fmt = {c: "{:.3f}" for c in ("ratio", "q25", "q75", "min_ratio", "cpu_ratio", "cpu_q25",
                                 "cpu_q75")}
   fmt.update(median_us="{:.0f}", sgd_us="{:.0f}")

@@ -1,0 +1,149 @@
+"""Where HESSO-CRIC's cycle step spends its time over SGD (an ablation).
+
+A cycle step does three things the base optimizer does not:
+
+* the saliency of every group (``optim._saliency.saliency``): the base update recomputed as the
+  direction, three group reductions per producer leaf (``x.x``, ``d.d``, ``x.d``) and the five
+  normalised criteria;
+* the global bottom-``R`` of those scores (``optim._common.lowest_k``, a radix selection) and the
+  violating-set bookkeeping;
+* the masked update that forgets the cycle's violating set (fused with the base update).
+
+This benchmark times the donated, carried optimizer-only cycle step (``tx.update`` +
+``optax.apply_updates`` on fixed gradients, as ``bench_step``; the phase fields held fixed so the
+same cycle step runs every call) of plain SGD with momentum, of HESSO-CRIC as is, and of
+HESSO-CRIC with one part replaced for this measurement only (``unittest.mock`` patches of private
+functions): ``no_saliency`` (scores are zeros: no direction, no group reductions),
+``no_bottom_k`` (``lowest_k`` returns no group, everywhere in the step) and ``no_restore``
+(the masked update never restores the parameter cache). ``sgd_again`` is the A/A control. Each row
+also counts the compiled step's buffer allocations (total and thread-local; see
+``benchmarks/bench_cond.py`` for why they matter on XLA:CPU). Both clocks are read around the
+same calls: wall time and process CPU time.
+
+    python -m benchmarks.bench_cycle [--small] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import hesso_jax as hj
+from benchmarks.bench_step import (
+  CRIC_KW,
+  _Carry,
+  _cric_phase_of,
+  _mlp_task,
+  _split,
+  _states_by_phase,
+  _timed_opt,
+  _train_step,
+)
+from benchmarks.common import (
+  compile_counting_allocations,
+  interleaved_clocks,
+  markdown_table,
+  paired_ratio,
+  table,
+  write_json,
+)
+from hesso_jax.optim import _common, _saliency
+
+_MASKED_UPDATES = _common.masked_updates
+
+
+def _zero_scores(sp, params, direction, weights):
+  """Scores of zero that still depend on ``params`` (so the cond keeps its operand)."""
+  first = jax.tree_util.tree_leaves(params)[0]
+  return jnp.zeros((sp.num_groups,), jnp.float32) + 0.0 * first.reshape(-1)[0]
+
+
+def _unrestored(*args, **kwargs):
+  return _MASKED_UPDATES(*args, **{**kwargs, "restore": None, "restore_when": None})
+
+
+#: variant -> the patches that remove one part of the cycle step
+VARIANTS: dict[str, Callable[[], list]] = {
+  "cric_cycle": lambda: [],
+  "no_saliency": lambda: [mock.patch.object(_saliency, "saliency", _zero_scores)],
+  "no_bottom_k": lambda: [
+    mock.patch.object(_common, "lowest_k", lambda sc, k: jnp.zeros(sc.shape, bool))
+  ],
+  "no_restore": lambda: [mock.patch.object(_common, "masked_updates", _unrestored)],
+}
+
+
+def bench(width: int, repeats: int, inner: int) -> tuple[list[dict], dict]:
+  params, aux, loss_fn, batch, space = _mlp_task(jax.random.PRNGKey(0), width)
+  base = optax.sgd(1e-2, momentum=0.9)
+  grads = jax.grad(lambda p: loss_fn(p, aux, *batch)[0])(params)
+  cric = hj.hesso_cric(base, space, **CRIC_KW)
+  phase_of, limit = _cric_phase_of(space)
+  states = _states_by_phase(cric, _train_step(cric, loss_fn, True), params, aux, batch, phase_of,
+                            limit)
+  p, a, st = states["selection"]  # a cycle step (not a boundary)
+  allocs: dict[str, dict] = {}
+  calls = {}
+  for name in ("sgd", "sgd_again"):
+    step, allocs[name] = compile_counting_allocations(
+      _timed_opt(base, False, True).lower(grads, params, base.init(params), {}))
+    calls[name] = _Carry(step, params, aux, base.init(params), (grads,), False, True)
+  for name, patches in VARIANTS.items():
+    ps = patches()
+    for q in ps:
+      q.start()
+    try:  # the patches act while the step is traced and compiled
+      ph, rest = _split(st)
+      step, allocs[name] = compile_counting_allocations(
+        _timed_opt(cric, True, True).lower(grads, p, rest, ph))
+    finally:
+      for q in ps:
+        q.stop()
+    calls[name] = _Carry(step, p, a, st, (grads,), False, True)
+  clocks = interleaved_clocks(calls, repeats=repeats, inner=inner, warmup=3)
+  n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+  rows = []
+  for name in ["sgd_again", *VARIANTS]:
+    row = {"width": width, "params": n_params, "variant": name,
+           "allocations": allocs[name].get("total"),
+           "thread_local": allocs[name].get("thread_local")}
+    for clock, times in clocks.items():
+      pre = "" if clock == "wall" else f"{clock}_"
+      r = paired_ratio(times[name], times["sgd"])
+      row.update({f"{pre}median_us": 1e6 * float(np.median(times[name])),
+                  f"{pre}sgd_us": 1e6 * float(np.median(times["sgd"])),
+                  f"{pre}ratio": r["median"], f"{pre}q25": r["q25"], f"{pre}q75": r["q75"]})
+    rows.append(row)
+  return rows, {"count": int(st.count), "end": int(st.end), "groups": space.num_groups}
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--small", action="store_true", help="a width-256 MLP, few repeats (a check)")
+  ap.add_argument("--repeats", type=int, help="interleaved rounds (default 300; --small 7)")
+  a = ap.parse_args(argv)
+  width, repeats, inner = (256, 7, 3) if a.small else (1024, 300, 3)
+  rows, info = bench(width, a.repeats or repeats, inner)
+  write_json("cycle", {"small": a.small, "repeats": a.repeats or repeats, "inner": inner,
+                       "cric": CRIC_KW, **info, "rows": rows})
+  fmt = {c: "{:.3f}" for c in ("ratio", "q25", "q75", "cpu_ratio", "cpu_q25", "cpu_q75")}
+  fmt.update(median_us="{:.0f}", sgd_us="{:.0f}", cpu_median_us="{:.0f}")
+  print("\n== HESSO-CRIC cycle step (donated, optimizer only), ratio to SGD(momentum); ratio: wall "
+        "clock, cpu_ratio: process CPU time ==")
+  print(table(rows, ["width", "params", "variant", "median_us", "sgd_us", "ratio", "q25", "q75",
+                     "cpu_ratio", "cpu_q25", "cpu_q75", "allocations", "thread_local"], fmt))
+  print()
+  print(markdown_table(rows, ["variant", "median_us", "sgd_us", "ratio", "cpu_ratio",
+                              "allocations", "thread_local"],
+                       {"ratio": "{:.2f}x", "cpu_ratio": "{:.2f}x", "median_us": "{:.0f}",
+                        "sgd_us": "{:.0f}"}))
+
+
+if __name__ == "__main__":
+  main()
