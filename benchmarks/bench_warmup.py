@@ -23,11 +23,14 @@ the masked update: what is left is the schedule scalars and the ``(G,)`` mask up
 measurement's own bias and spread on this machine. HESSO-CRIC's warm-up step is timed too:
 ``cric``, ``cric_unstored``, and ``cric_no_conds`` (every phase ``lax.cond`` replaced by the
 branch a warm-up step takes). Two MLP widths show whether a cost grows with the model (a
-per-element cost keeps its ratio; a fixed cost shrinks with width). Both clocks are read around
-the same calls: wall time and process CPU time (the latter does not count the time this shared
-virtual machine spends running others, so it is much less noisy).
+per-element cost keeps its ratio; a fixed cost shrinks with width); ``--widths cnn`` times
+``bench_step``'s digits CNN instead (41 k parameters: a step of fixed costs). Both clocks are read
+around the same calls: wall time and process CPU time (the latter does not count the time this
+shared virtual machine spends running others, so it is much less noisy). ``--variants`` and
+``--repeats`` make a focused long run (the median's standard error shrinks with the rounds).
 
-    python -m benchmarks.bench_warmup [--small]
+    python -m benchmarks.bench_warmup [--small] [--widths 1024,cnn] [--variants hesso,bare]
+                                      [--repeats N] [--out NAME]
 """
 
 from __future__ import annotations
@@ -42,7 +45,15 @@ import numpy as np
 import optax
 
 import hesso_jax as hj
-from benchmarks.bench_step import CRIC_KW, HESSO_KW, _Carry, _mlp_task, _split, _timed_opt
+from benchmarks.bench_step import (
+  CRIC_KW,
+  HESSO_KW,
+  _Carry,
+  _cnn_task,
+  _mlp_task,
+  _split,
+  _timed_opt,
+)
 from benchmarks.common import (
   compile_counting_allocations,
   interleaved_clocks,
@@ -92,8 +103,11 @@ CRIC_VARIANTS: dict[str, Callable[[], list]] = {
 }
 
 
-def bench_width(width: int, repeats: int, inner: int, only: set[str] | None = None) -> list[dict]:
-  params, _, _, _, space = _mlp_task(jax.random.PRNGKey(0), width)
+def bench_width(width: int | str, repeats: int, inner: int, only: set[str] | None = None
+                ) -> list[dict]:
+  """The variants on the MLP of this width, or on the digits CNN for ``width == "cnn"``."""
+  key = jax.random.PRNGKey(0)
+  params, _, _, _, space = _cnn_task(key) if width == "cnn" else _mlp_task(key, int(width))
   grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 1e-2), params)
   base = optax.sgd(1e-2, momentum=0.9)
   st = base.init(params)
@@ -149,13 +163,14 @@ def main(argv=None):
   ap = argparse.ArgumentParser()
   ap.add_argument("--small", action="store_true", help="fewer repeats, one width (a quick check)")
   ap.add_argument("--variants", help="comma-separated variants to time (default: all)")
-  ap.add_argument("--widths", help="comma-separated MLP widths (default: 1024,2048)")
+  ap.add_argument("--widths", help="comma-separated MLP widths, or 'cnn' for bench_step's digits "
+                  "CNN (default: 1024,2048)")
   ap.add_argument("--repeats", type=int, help="interleaved rounds (default 300; --small 7)")
   ap.add_argument("--out", default="warmup", help="results/bench_<out>.json (default: warmup)")
   a = ap.parse_args(argv)
   repeats, inner, widths = (7, 5, (256,)) if a.small else (300, 4, (1024, 2048))
   repeats = a.repeats or repeats
-  widths = tuple(int(w) for w in a.widths.split(",")) if a.widths else widths
+  widths = tuple(w if w == "cnn" else int(w) for w in a.widths.split(",")) if a.widths else widths
   only = set(a.variants.split(",")) if a.variants else None
   unknown = (only or set()) - set(VARIANTS) - set(CRIC_VARIANTS)
   if unknown:
