@@ -31,7 +31,6 @@ from unittest import mock
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 import hesso_jax as hj
@@ -46,10 +45,11 @@ from benchmarks.bench_step import (
   _train_step,
 )
 from benchmarks.common import (
+  clock_ratios,
   compile_counting_allocations,
+  compile_patched,
   interleaved_clocks,
   markdown_table,
-  paired_ratio,
   table,
   write_json,
 )
@@ -94,17 +94,10 @@ def bench(width: int, repeats: int, inner: int) -> tuple[list[dict], dict]:
     step, allocs[name] = compile_counting_allocations(
       _timed_opt(base, False, True).lower(grads, params, base.init(params), {}))
     calls[name] = _Carry(step, params, aux, base.init(params), (grads,), False, True)
+  ph, rest = _split(st)
   for name, patches in VARIANTS.items():
-    ps = patches()
-    for q in ps:
-      q.start()
-    try:  # the patches act while the step is traced and compiled
-      ph, rest = _split(st)
-      step, allocs[name] = compile_counting_allocations(
-        _timed_opt(cric, True, True).lower(grads, p, rest, ph))
-    finally:
-      for q in ps:
-        q.stop()
+    step, allocs[name] = compile_patched(
+      patches(), lambda: _timed_opt(cric, True, True).lower(grads, p, rest, ph))
     calls[name] = _Carry(step, p, a, st, (grads,), False, True)
   clocks = interleaved_clocks(calls, repeats=repeats, inner=inner, warmup=3)
   n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
@@ -113,12 +106,7 @@ def bench(width: int, repeats: int, inner: int) -> tuple[list[dict], dict]:
     row = {"width": width, "params": n_params, "variant": name,
            "allocations": allocs[name].get("total"),
            "thread_local": allocs[name].get("thread_local")}
-    for clock, times in clocks.items():
-      pre = "" if clock == "wall" else f"{clock}_"
-      r = paired_ratio(times[name], times["sgd"])
-      row.update({f"{pre}median_us": 1e6 * float(np.median(times[name])),
-                  f"{pre}sgd_us": 1e6 * float(np.median(times["sgd"])),
-                  f"{pre}ratio": r["median"], f"{pre}q25": r["q25"], f"{pre}q75": r["q75"]})
+    row.update(clock_ratios(clocks, name, "sgd"))
     rows.append(row)
   return rows, {"count": int(st.count), "end": int(st.end), "groups": space.num_groups}
 

@@ -41,7 +41,7 @@ import numpy as np
 import optax
 
 import hesso_jax as hj
-from benchmarks.common import interleaved_clocks, markdown_table, paired_ratio, table, write_json
+from benchmarks.common import clock_ratios, interleaved_clocks, markdown_table, table, write_json
 from experiments import run as R
 from experiments.models import DigitsCNN
 
@@ -227,13 +227,8 @@ def bench_model(name: str, repeats: int, inner: int, donate: bool) -> tuple[list
       continue
     base_k = f"sgd/-/{kind}"
     row = {"model": name, "optimizer": label, "phase": ph, "measure": kind}
-    for clock, times in clocks.items():  # ratio, q25, ... (wall clock); cpu_ratio, ... (CPU time)
-      pre = "" if clock == "wall" else f"{clock}_"
-      r = paired_ratio(times[k], times[base_k])
-      row.update({f"{pre}median_us": 1e6 * float(np.median(times[k])),
-                  f"{pre}base_us": 1e6 * float(np.median(times[base_k])),
-                  f"{pre}ratio": r["median"], f"{pre}q25": r["q25"], f"{pre}q75": r["q75"],
-                  f"{pre}min_ratio": r["min_ratio"]})
+    # ratio, q25, ... (wall clock); cpu_ratio, ... (CPU time)
+    row.update(clock_ratios(clocks, k, base_k, base_label="base"))
     rows.append(row)
   n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
   return rows, {"params": n_params, "groups": space.num_groups,

@@ -41,7 +41,6 @@ from unittest import mock
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 import hesso_jax as hj
@@ -55,10 +54,11 @@ from benchmarks.bench_step import (
   _timed_opt,
 )
 from benchmarks.common import (
+  clock_ratios,
   compile_counting_allocations,
+  compile_patched,
   interleaved_clocks,
   markdown_table,
-  paired_ratio,
   table,
   write_json,
 )
@@ -123,19 +123,14 @@ def bench_width(width: int | str, repeats: int, inner: int, only: set[str] | Non
   names = [n for n in [*VARIANTS, *CRIC_VARIANTS] if only is None or n in only]
   for name in names:
     cric = name in CRIC_VARIANTS
-    patches = CRIC_VARIANTS[name] if cric else VARIANTS[name]
-    ps = patches()
-    for p in ps:
-      p.start()
-    try:  # the patches act while the step is traced and compiled
-      tx = hj.hesso_cric(base, space, **CRIC_KW) if cric else hj.hesso(base, space, **HESSO_KW)
-      st = tx.init(params)
-      phase, rest = _split(st)
-      step, allocs[name] = compile_counting_allocations(
-        _timed_opt(tx, cric, True).lower(grads, params, rest, phase))
-    finally:
-      for p in ps:
-        p.stop()
+    tx = hj.hesso_cric(base, space, **CRIC_KW) if cric else hj.hesso(base, space, **HESSO_KW)
+    st = tx.init(params)
+    phase, rest = _split(st)
+    # the patches act while the step is traced and compiled
+    step, allocs[name] = compile_patched(
+      (CRIC_VARIANTS if cric else VARIANTS)[name](),
+      lambda tx=tx, cric=cric, rest=rest, phase=phase: _timed_opt(tx, cric, True).lower(
+        grads, params, rest, phase))
     calls[name] = _Carry(step, params, {}, st, (grads,), False, True)
   clocks = interleaved_clocks(calls, repeats=repeats, inner=inner, warmup=3)
   n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
@@ -146,15 +141,7 @@ def bench_width(width: int | str, repeats: int, inner: int, only: set[str] | Non
            # XLA:CPU a per-execution cost, even in the branch of a cond that is not taken
            "thread_local": allocs[name].get("thread_local"),
            "sgd_thread_local": allocs["sgd"].get("thread_local")}
-    for clock, times in clocks.items():  # ratio, ... (wall clock); cpu_ratio, ... (CPU time)
-      pre = "" if clock == "wall" else f"{clock}_"
-      r = paired_ratio(times[name], times["sgd"])
-      row.update({f"{pre}median_us": 1e6 * float(np.median(times[name])),
-                  f"{pre}sgd_us": 1e6 * float(np.median(times["sgd"])),
-                  f"{pre}ratio": r["median"], f"{pre}q25": r["q25"], f"{pre}q75": r["q75"],
-                  # best round of each against the best round of SGD: the cost without
-                  # interference from whatever else runs (the medians carry that noise)
-                  f"{pre}min_ratio": r["min_ratio"]})
+    row.update(clock_ratios(clocks, name, "sgd"))  # ratio, ... (wall); cpu_ratio, ... (CPU)
     rows.append(row)
   return rows
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -68,6 +69,33 @@ def paired_ratio(num: np.ndarray, den: np.ndarray) -> dict:
   r = num / den
   return {"median": float(np.median(r)), "q25": float(np.percentile(r, 25)),
           "q75": float(np.percentile(r, 75)), "min_ratio": float(np.min(num) / np.min(den))}
+
+
+def clock_ratios(clocks: dict[str, dict[str, np.ndarray]], name: str, base: str,
+                 base_label: str = "sgd") -> dict:
+  """Per clock of :func:`interleaved_clocks`, ``name``'s median time and its :func:`paired_ratio`
+  to ``base``: ``median_us``, ``<base_label>_us``, ``ratio``, ``q25``, ``q75``, ``min_ratio`` for
+  wall time, the same prefixed ``<clock>_`` for the others."""
+  row: dict = {}
+  for clock, times in clocks.items():
+    pre = "" if clock == "wall" else f"{clock}_"
+    r = paired_ratio(times[name], times[base])
+    row.update({f"{pre}median_us": 1e6 * float(np.median(times[name])),
+                f"{pre}{base_label}_us": 1e6 * float(np.median(times[base])),
+                f"{pre}ratio": r["median"], f"{pre}q25": r["q25"], f"{pre}q75": r["q75"],
+                # best round of each against the best round of the base: the cost without
+                # interference from whatever else runs (the medians carry that noise)
+                f"{pre}min_ratio": r["min_ratio"]})
+  return row
+
+
+def compile_patched(patches: Sequence[Any], lower: Callable[[], Any]) -> tuple[Any, dict]:
+  """:func:`compile_counting_allocations` of ``lower()`` with the ``unittest.mock`` patches
+  active while it traces and compiles (the ablation variants of bench_warmup / bench_cycle)."""
+  with contextlib.ExitStack() as stack:
+    for p in patches:
+      stack.enter_context(p)
+    return compile_counting_allocations(lower())
 
 
 def _cell(fmt: dict, c: str, v) -> str:
