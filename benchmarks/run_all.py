@@ -15,7 +15,7 @@ import time
 
 from benchmarks.common import RESULTS
 
-BENCHMARKS = ("discovery", "latency", "align", "step", "masks", "warmup", "cycle", "cond")
+BENCHMARKS = ("discovery", "latency", "align", "step", "masks", "warmup", "cycle", "thunks", "cond")
 
 
 def main(argv=None):
@@ -54,6 +54,9 @@ def main(argv=None):
         line += "  " + ", ".join(f"{x['variant']}: {x['ratio']:.2f}x" for x in r["rows"])
       elif name == "warmup":
         line += "  " + ", ".join(f"{x['width']}/{x['variant']}: {x['ratio']:.2f}x" for x in r["rows"])
+      elif name == "thunks":
+        line += "  " + ", ".join(f"{x['model']}/{x['optimizer']}: {x['small_kernels']} small "
+                                 f"kernels {x['small_us']:.0f} us" for x in r["rows"])
       elif name == "cycle":
         line += "  " + ", ".join(f"{x['variant']}: {x['cpu_ratio']:.2f}x" for x in r["rows"])
     print(line)
