@@ -36,6 +36,7 @@ import optax
 import hesso_jax as hj
 from benchmarks.bench_step import (
   CRIC_KW,
+  _base_and_control,
   _Carry,
   _cric_phase_of,
   _mlp_task,
@@ -46,7 +47,6 @@ from benchmarks.bench_step import (
 )
 from benchmarks.common import (
   clock_ratios,
-  compile_counting_allocations,
   compile_patched,
   interleaved_clocks,
   markdown_table,
@@ -88,12 +88,7 @@ def bench(width: int, repeats: int, inner: int) -> tuple[list[dict], dict]:
   states = _states_by_phase(cric, _train_step(cric, loss_fn, True), params, aux, batch, phase_of,
                             limit)
   p, a, st = states["selection"]  # a cycle step (not a boundary)
-  allocs: dict[str, dict] = {}
-  calls = {}
-  for name in ("sgd", "sgd_again"):
-    step, allocs[name] = compile_counting_allocations(
-      _timed_opt(base, False, True).lower(grads, params, base.init(params), {}))
-    calls[name] = _Carry(step, params, aux, base.init(params), (grads,), False, True)
+  calls, allocs = _base_and_control(base, grads, params, aux)
   ph, rest = _split(st)
   for name, patches in VARIANTS.items():
     step, allocs[name] = compile_patched(

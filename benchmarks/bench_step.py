@@ -41,7 +41,14 @@ import numpy as np
 import optax
 
 import hesso_jax as hj
-from benchmarks.common import clock_ratios, interleaved_clocks, markdown_table, table, write_json
+from benchmarks.common import (
+  clock_ratios,
+  compile_counting_allocations,
+  interleaved_clocks,
+  markdown_table,
+  table,
+  write_json,
+)
 from experiments import run as R
 from experiments.models import DigitsCNN
 
@@ -153,6 +160,20 @@ class _Carry:
     else:
       self.p, self.rest = self.fn(self.args[0], self.p, self.rest, self.phase)
     return self.p
+
+
+def _base_and_control(base, grads, params, aux) -> tuple[dict[str, _Carry], dict[str, dict]]:
+  """The donated optimizer-only step of the plain ``base`` (``"sgd"``) and its A/A control
+  (``"sgd_again"``: the same step compiled and carried a second time, whose ratio is what this
+  machine and method report for "no difference"), with each compiled step's buffer
+  allocations (:func:`benchmarks.common.compile_counting_allocations`)."""
+  calls, allocs = {}, {}
+  for name in ("sgd", "sgd_again"):
+    st = base.init(params)
+    step, allocs[name] = compile_counting_allocations(
+      _timed_opt(base, False, True).lower(grads, params, st, {}))
+    calls[name] = _Carry(step, params, aux, st, (grads,), False, True)
+  return calls, allocs
 
 
 def _states_by_phase(tx, step, params, aux, batch, phase_of: Callable, limit: int) -> dict:

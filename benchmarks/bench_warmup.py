@@ -47,6 +47,7 @@ import hesso_jax as hj
 from benchmarks.bench_step import (
   CRIC_KW,
   HESSO_KW,
+  _base_and_control,
   _Carry,
   _cnn_task,
   _mlp_task,
@@ -55,7 +56,6 @@ from benchmarks.bench_step import (
 )
 from benchmarks.common import (
   clock_ratios,
-  compile_counting_allocations,
   compile_patched,
   interleaved_clocks,
   markdown_table,
@@ -110,16 +110,7 @@ def bench_width(width: int | str, repeats: int, inner: int, only: set[str] | Non
   params, _, _, _, space = _cnn_task(key) if width == "cnn" else _mlp_task(key, int(width))
   grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 1e-2), params)
   base = optax.sgd(1e-2, momentum=0.9)
-  st = base.init(params)
-  allocs: dict[str, dict] = {}
-  step, allocs["sgd"] = compile_counting_allocations(
-    _timed_opt(base, False, True).lower(grads, params, st, {}))
-  calls = {"sgd": _Carry(step, params, {}, st, (grads,), False, True)}
-  # A/A control: the same SGD step compiled and carried a second time. Its ratio is what this
-  # machine and method report for "no difference" (bias and spread of the measurement itself).
-  step, allocs["sgd_again"] = compile_counting_allocations(
-    _timed_opt(base, False, True).lower(grads, params, st, {}))
-  calls["sgd_again"] = _Carry(step, params, {}, st, (grads,), False, True)
+  calls, allocs = _base_and_control(base, grads, params, {})
   names = [n for n in [*VARIANTS, *CRIC_VARIANTS] if only is None or n in only]
   for name in names:
     cric = name in CRIC_VARIANTS

@@ -120,9 +120,9 @@ def hesso(
   the pass the base optimizer makes anyway; outside selection steps nothing else touches a
   full-size array. Selection steps (``j == 0``, behind a ``lax.cond``) recompute the base update
   for the saliency reductions and rank the ``G`` scores (a within-space sort, a global radix
-  selection). With the params and optimizer state
-  donated (``jax.jit(step, donate_argnums=...)``) both are updated in place and no weight-sized
-  buffer is copied, as with the base optimizer alone.
+  selection). With the params and optimizer state donated (``jax.jit(step,
+  donate_argnums=...)``) both are updated in place and no weight-sized buffer is copied, as with
+  the base optimizer alone.
 
   Example: four channels of one layer, half of them pruned after one warm-up step and a period of
   two steps (zero gradients, so the two smallest-magnitude channels go)::
