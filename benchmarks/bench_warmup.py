@@ -17,7 +17,9 @@ functions, for this measurement only): ``ungated`` (the masked expression withou
 the code before it), ``unstored`` (the masks and phase scalars computed inside the per-element
 loop instead of stored before it by ``optim._common.stored``), ``no_mask`` (the update is the base
 update), ``no_cond`` (no selection cond and no ``after``), ``bookkeeping`` (neither the cond nor
-the masked update: what is left is the schedule scalars and the ``(G,)`` mask updates) and
+the masked update: what is left is the schedule scalars and the ``(G,)`` mask updates),
+``no_direction`` (the selection scores magnitudes only, so it neither recomputes nor stores the
+update direction) and
 ``bare`` (the base update and the count increment only; HESSO's masks pass through unchanged).
 ``sgd_again`` is an A/A control: plain SGD compiled a second time, whose ratio to SGD shows the
 measurement's own bias and spread on this machine. HESSO-CRIC's warm-up step is timed too:
@@ -65,6 +67,7 @@ from benchmarks.common import (
 from hesso_jax.optim import _common, _hesso
 
 _MASKED_UPDATES = _common.masked_updates
+_SALIENCY = _hesso.sal.saliency
 
 
 def _ungated(*args, live=None, **kwargs):
@@ -87,6 +90,11 @@ VARIANTS: dict[str, Callable[[], list]] = {
     mock.patch.object(_common, "after", lambda signals, tree: tree),
   ],
   "bookkeeping": lambda: VARIANTS["no_cond"]() + VARIANTS["no_mask"](),
+  # the selection scores magnitudes only: no direction to recompute and store (what the
+  # selection branch's temporary buffer is without it)
+  "no_direction": lambda: [mock.patch.object(
+    _hesso.sal, "saliency",
+    lambda sp, params, d, w: _SALIENCY(sp, params, None, {"magnitude": 1.0}))],
   "bare": lambda: VARIANTS["no_cond"]() + [
     mock.patch.object(_hesso, "_forget",  # the base update; the masks pass through
                       lambda sp, sched, params, u, redundant, forget, pruned, live:
@@ -131,7 +139,9 @@ def bench_width(width: int | str, repeats: int, inner: int, only: set[str] | Non
            # thread-local buffer allocations of the compiled step (SGD's in sgd_thread_local): on
            # XLA:CPU a per-execution cost, even in the branch of a cond that is not taken
            "thread_local": allocs[name].get("thread_local"),
-           "sgd_thread_local": allocs["sgd"].get("thread_local")}
+           "sgd_thread_local": allocs["sgd"].get("thread_local"),
+           # the compiled step's temporary buffer, allocated and freed on every execution
+           "temp_bytes": allocs[name].get("temp_bytes")}
     row.update(clock_ratios(clocks, name, "sgd"))  # ratio, ... (wall); cpu_ratio, ... (CPU)
     rows.append(row)
   return rows
@@ -162,10 +172,11 @@ def main(argv=None):
   print("\n== HESSO warm-up step (donated, optimizer only), ratio to SGD(momentum); ratio: wall "
         "clock, cpu_ratio: process CPU time ==")
   print(table(rows, ["width", "params", "variant", "median_us", "sgd_us", "ratio", "q25", "q75",
-                     "min_ratio", "cpu_ratio", "cpu_q25", "cpu_q75", "thread_local"], fmt))
+                     "min_ratio", "cpu_ratio", "cpu_q25", "cpu_q75", "thread_local", "temp_bytes"],
+              fmt))
   print()
   print(markdown_table(rows, ["width", "variant", "ratio", "q25", "q75", "cpu_ratio", "cpu_q25",
-                              "cpu_q75", "thread_local"],
+                              "cpu_q75", "thread_local", "temp_bytes"],
                        {"ratio": "{:.2f}x", "q25": "{:.2f}", "q75": "{:.2f}",
                         "cpu_ratio": "{:.3f}x", "cpu_q25": "{:.3f}", "cpu_q75": "{:.3f}"}))
 

@@ -135,7 +135,9 @@ def write_json(name: str, payload: dict) -> str:
 
 def compile_counting_allocations(lowered) -> tuple[Any, dict]:
   """Compile ``lowered`` (a ``jax.jit(f).lower(...)``) once, with XLA's dump on, and return the
-  executable with the count of its buffer allocations: ``total`` and ``thread_local``.
+  executable with the count of its buffer allocations: ``total`` and ``thread_local``, and the
+  size of its temporary buffer (``temp_bytes``: XLA:CPU allocates and frees it on every execution;
+  ``benchmarks/bench_perf.py``).
   Thread-local ones are the scalar values of the sub-computations that reductions, sorts and
   scatters call; on XLA:CPU each allocation is a per-execution cost, even inside a ``lax.cond``
   branch that is not taken (``benchmarks/bench_cond.py``). The counts are ``{}`` when the backend
@@ -148,5 +150,7 @@ def compile_counting_allocations(lowered) -> tuple[Any, dict]:
     with open(max(files, key=os.path.getsize)) as f:
       text = f.read()
   allocs = re.findall(r"^allocation \d+: size \d+, ([^\n]*)$", text, flags=re.M)
+  temp = re.findall(r"^allocation \d+: size (\d+), preallocated-temp", text, flags=re.M)
   return compiled, {"total": len(allocs),
-                    "thread_local": sum("thread-local" in a for a in allocs)}
+                    "thread_local": sum("thread-local" in a for a in allocs),
+                    "temp_bytes": sum(int(t) for t in temp)}
