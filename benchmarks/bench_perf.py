@@ -42,6 +42,10 @@ import sys
 import tempfile
 import time
 
+import jax
+
+from benchmarks.bench_thunks import _calls
+from benchmarks.bench_warmup import no_selection
 from benchmarks.common import table, write_json
 
 #: component -> (dso pattern, symbol pattern) alternatives; the first component that matches wins
@@ -80,23 +84,6 @@ def parse_report(text: str) -> dict[tuple[str, str], int]:
   return out
 
 
-def _train_call(name: str, width: str):
-  """The donated whole train step (forward, backward, update) of ``bench_step``'s MLP."""
-  import jax
-  import optax
-
-  import hesso_jax as hj
-  from benchmarks.bench_step import CRIC_KW, HESSO_KW, _Carry, _mlp_task, _timed_train
-
-  params, aux, loss_fn, batch, space = _mlp_task(jax.random.PRNGKey(0), int(width))
-  base = optax.sgd(1e-2, momentum=0.9)
-  tx = {"sgd": lambda: base, "hesso": lambda: hj.hesso(base, space, **HESSO_KW),
-        "cric": lambda: hj.hesso_cric(base, space, **CRIC_KW)}[name]()
-  cric = name == "cric"
-  return _Carry(_timed_train(tx, loss_fn, cric, True), params, aux, tx.init(params), batch, True,
-                True)
-
-
 #: what each run is: ``sgd`` (first and last, as ``sgd_again``), ``hesso``, ``cric``, and
 #: ``hesso_no_select``: HESSO with its selection ``lax.cond`` removed (``unittest.mock`` patch of
 #: ``optim._hesso._select``, for this measurement only; what a warm-up step pays for carrying
@@ -106,19 +93,10 @@ OPTIMIZERS = ("sgd", "hesso", "cric", "hesso_no_select", "sgd_again")
 
 def _child(name: str, width: str, ready: str, stamps: str, train: bool) -> None:
   """Run one optimizer's step in a loop, stamping every step, until SIGTERM."""
-  import jax
-
-  from benchmarks.bench_thunks import _calls
-
   if name == "hesso_no_select":
-    from unittest import mock
-
-    from hesso_jax.optim import _hesso
-
-    mock.patch.object(_hesso, "_select", lambda *args: args[-2]).start()  # the redundant set
+    no_selection().start()  # for this process only
     name = "hesso"
-
-  call = _train_call(name, width) if train else _calls(width)[name]
+  call = _calls(width, train)[name]
   for _ in range(20):
     jax.block_until_ready(call())
   times: list[float] = []

@@ -31,17 +31,31 @@ import numpy as np
 import optax
 
 import hesso_jax as hj
-from benchmarks.bench_step import CRIC_KW, HESSO_KW, _Carry, _cnn_task, _mlp_task, _timed_opt
+from benchmarks.bench_step import (
+  CRIC_KW,
+  HESSO_KW,
+  _Carry,
+  _cnn_task,
+  _mlp_task,
+  _timed_opt,
+  _timed_train,
+)
 from benchmarks.common import table, write_json
 
 
-def _calls(width: int | str) -> dict[str, _Carry]:
+def _calls(width: int | str, train: bool = False) -> dict[str, _Carry]:
+  """The donated optimizer-only step (``train``: the whole train step) of SGD with momentum,
+  HESSO and HESSO-CRIC on bench_step's MLP of this width (or its digits CNN), carried."""
   key = jax.random.PRNGKey(0)
-  params, _, _, _, space = _cnn_task(key) if width == "cnn" else _mlp_task(key, int(width))
+  params, aux, loss_fn, batch, space = (_cnn_task(key) if width == "cnn"
+                                        else _mlp_task(key, int(width)))
   grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 1e-2), params)
   base = optax.sgd(1e-2, momentum=0.9)
   txs = {"sgd": (base, False), "hesso": (hj.hesso(base, space, **HESSO_KW), False),
          "cric": (hj.hesso_cric(base, space, **CRIC_KW), True)}
+  if train:
+    return {name: _Carry(_timed_train(tx, loss_fn, cric, True), params, aux, tx.init(params),
+                         batch, True, True) for name, (tx, cric) in txs.items()}
   return {name: _Carry(_timed_opt(tx, cric, True), params, {}, tx.init(params), (grads,), False,
                        True) for name, (tx, cric) in txs.items()}
 

@@ -70,6 +70,12 @@ _MASKED_UPDATES = _common.masked_updates
 _SALIENCY = _hesso.sal.saliency
 
 
+def no_selection():
+  """A patch that removes HESSO's selection ``lax.cond``: the redundant set passes unchanged."""
+  return mock.patch.object(
+    _hesso, "_select", lambda sp, w, m, R, sched, params, direction, redundant, pruned: redundant)
+
+
 def _ungated(*args, live=None, **kwargs):
   """masked_updates without the scalar gate (no ``live``, and none computed inside)."""
   with mock.patch.object(_common, "any_set", lambda *masks: None):
@@ -84,11 +90,8 @@ VARIANTS: dict[str, Callable[[], list]] = {
   # the masks and phase scalars fused into the per-element loop instead of stored before it
   "unstored": lambda: [mock.patch.object(_common, "stored", lambda live, tree: tree)],
   "no_mask": lambda: [mock.patch.object(_common, "masked_updates", lambda u, *a, **k: u)],
-  "no_cond": lambda: [
-    mock.patch.object(_hesso, "_select",  # the redundant set, unchanged
-                      lambda sp, w, m, R, sched, params, direction, redundant, pruned: redundant),
-    mock.patch.object(_common, "after", lambda signals, tree: tree),
-  ],
+  "no_cond": lambda: [no_selection(),
+                      mock.patch.object(_common, "after", lambda signals, tree: tree)],
   "bookkeeping": lambda: VARIANTS["no_cond"]() + VARIANTS["no_mask"](),
   # the selection scores magnitudes only: no direction to recompute and store (what the
   # selection branch's temporary buffer is without it)
