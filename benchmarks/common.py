@@ -36,18 +36,28 @@ CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time
 
 
 def interleaved_clocks(fns: dict[str, Callable[[], object]], repeats: int, inner: int = 1,
-                       warmup: int = 2) -> dict[str, dict[str, np.ndarray]]:
+                       warmup: int = 2, prep: dict[str, Callable[[], object]] | None = None,
+                       ) -> dict[str, dict[str, np.ndarray]]:
   """Time each zero-arg callable ``repeats`` times, interleaved round-robin (order rotated each
   round) so that background load hits all variants alike. Returns ``{clock: {name: per-call
-  seconds}}`` for every clock in :data:`CLOCKS`, read around the same calls."""
+  seconds}}`` for every clock in :data:`CLOCKS`, read around the same calls.
+
+  ``prep[name]``, where given, runs untimed before each of ``name``'s calls (restoring a state
+  that the call changes, so that every call runs the same phase)."""
   names = list(fns)
+  prep = prep or {}
+  if prep and inner != 1:
+    raise ValueError(f"prep needs inner=1 (every timed call after its prep); got inner={inner}")
+  nothing = lambda: None  # noqa: E731
   for n in names:
     for _ in range(warmup):
+      prep.get(n, nothing)()
       block(fns[n]())
   times: dict[str, dict[str, list]] = {c: {n: [] for n in names} for c in CLOCKS}
   for r in range(repeats):
     order = names[r % len(names):] + names[:r % len(names)]
     for n in order:
+      prep.get(n, nothing)()
       t0 = {c: f() for c, f in CLOCKS.items()}
       for _ in range(inner):
         out = fns[n]()

@@ -1,0 +1,308 @@
+"""HESSO's step against the PyTorch original's (only-train-once 3.0.1), per phase, in one run.
+
+The comparison issue 16 was filed on, made reproducible: the same MLP as ``bench_step``
+(784-1024-1024-10, batch 16, SGD with momentum 0.9, lr 1e-2, the same initial weights and
+gradients), timed in one process, interleaved round-robin with plain SGD of each framework:
+
+* ``jax_sgd``: ``optax.sgd``; ``jax_hesso``: ``hj.hesso(optax.sgd)``, jitted and donated, at a
+  fixed state in each phase, as in ``bench_step``;
+* ``torch_sgd``: ``torch.optim.SGD``; ``ref_hesso``: the original ``HESSO`` optimizer with
+  ``variant="sgd"``, ``first_momentum=0.9`` and its other defaults (``weight_decay=0.0``, so it
+  adds ``0.0 * p`` to every gradient, as a user of its defaults pays), its parameter groups built
+  by hand for the MLP (one prunable group per hidden layer: the layer's weight rows and bias, as
+  its graph would build them; the output layer a non-prunable group).
+
+Phases, each timed at a fixed state (each call runs the same phase):
+
+* ``warmup``: before pruning starts;
+* ``selection``: the first step of a period (saliency and global ranking); the reference's state
+  is restored, untimed, before each of its calls (a fresh optimizer with the momentum of the
+  previous call and the initial weights);
+* ``forgetting``: inside a period (redundant groups decayed);
+* ``committed``: after the target is reached (pruned groups kept at zero).
+
+For each phase and for the optimizer step alone (``opt``: ``update``/``step`` on fixed gradients)
+and the whole train step (``train``: forward, backward, step) it reports hesso_jax's time over the
+reference's (``jax_over_ref``, the issue's measure) and each framework's HESSO over its own plain
+SGD (``jax_over_sgd``, ``ref_over_sgd``: what pruning costs on top of the base optimizer, free of
+the frameworks' different speeds). All are medians of per-round ratios, on wall time and on
+process CPU time (all threads). torch runs with ``OMP_WAIT_POLICY=PASSIVE`` (unless set): its
+threads then sleep between calls instead of spinning on the cores the JAX calls need. HESSO-CRIC has no counterpart here: only-train-once 3.0.1 on PyPI
+ships no CRIC.
+
+Needs ``torch`` and ``only-train-once`` in the environment (not dependencies of hesso_jax; e.g.
+``pip install torch && pip install --no-deps only-train-once==3.0.1``); without them it says so and
+exits. Not part of ``run_all``.
+
+    python -m benchmarks.bench_reference [--small] [--width 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import os
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+import hesso_jax as hj
+from benchmarks.bench_step import (
+  HESSO_KW,
+  _Carry,
+  _hesso_phase,
+  _mlp_task,
+  _states_by_phase,
+  _timed_opt,
+  _timed_train,
+  _train_step,
+)
+from benchmarks.common import clock_ratios, interleaved_clocks, markdown_table, table, write_json
+
+PHASES = ("warmup", "selection", "forgetting", "committed")
+
+#: The reference's schedule per phase (with ``target_group_sparsity=0.5``), and how many steps
+#: reach the phase. Its step ``n`` (1-based) selects when ``(n - start - 1) % duration == 0``
+#: and commits when ``(n - start) % duration == duration - 1``, ``duration = steps // periods``.
+REF_PHASES: dict[str, tuple[dict, int]] = {
+  "warmup": (dict(start_pruning_step=10**9, pruning_steps=10**9, pruning_periods=1), 0),
+  # HESSO_KW's periods: every call is step 1 (restored before it), the first selection
+  "selection": (dict(start_pruning_step=0, pruning_steps=8, pruning_periods=2), 0),
+  # one step selects; the period never ends
+  "forgetting": (dict(start_pruning_step=0, pruning_steps=10**9, pruning_periods=2), 1),
+  # one period of two steps: step 1 selects and commits (its t is duration-1), the target is met
+  "committed": (dict(start_pruning_step=0, pruning_steps=2, pruning_periods=1), 2),
+}
+
+
+def load_reference() -> tuple[Any, Any, Any] | None:
+  """(torch, the original HESSO class, its TensorTransform enum), or None if not installed.
+
+  only-train-once 3.0.1's package ``__init__`` imports its graph builder, which imports
+  ``torch.onnx._globals`` (gone from recent torch). The optimizer needs none of it, so the package
+  is registered as an empty module over its own folder and the optimizer module imported alone.
+  """
+  # torch's OpenMP threads otherwise spin after each of its calls, on the cores the next (JAX)
+  # call needs; measured: the JAX train step of plain SGD, which follows a torch call in each
+  # round, read 13.6 ms instead of 8.9 ms
+  os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+  try:
+    import torch
+  except ImportError:
+    return None
+  spec = importlib.util.find_spec("only_train_once")
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  if "only_train_once" not in sys.modules:
+    pkg = types.ModuleType("only_train_once")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    sys.modules["only_train_once"] = pkg
+  from only_train_once.optimizer.hesso import HESSO
+  from only_train_once.transform import TensorTransform
+
+  return torch, HESSO, TensorTransform
+
+
+@contextlib.contextmanager
+def cpu_only_cuda(torch):
+  """``Tensor.cuda()`` returns the tensor unchanged while active: the reference's selection moves
+  its mask to the GPU unconditionally (``identify_redundant_groups``), which fails on a CPU."""
+  orig = torch.Tensor.cuda
+  torch.Tensor.cuda = lambda self, *a, **k: self
+  try:
+    yield
+  finally:
+    torch.Tensor.cuda = orig
+
+
+def torch_mlp(torch, params: dict) -> Any:
+  """The ``bench_step`` MLP in torch, with the JAX ``params``' values (a kernel is ``weight.T``)."""
+  n = len(params)
+  mods = []
+  for i in range(n):
+    k, b = np.asarray(params[f"l{i}"]["kernel"]), np.asarray(params[f"l{i}"]["bias"])
+    lin = torch.nn.Linear(*k.shape)
+    with torch.no_grad():
+      lin.weight.copy_(torch.from_numpy(k.T.copy()))
+      lin.bias.copy_(torch.from_numpy(b.copy()))
+    mods += [lin] + ([torch.nn.ReLU()] if i < n - 1 else [])
+  return torch.nn.Sequential(*mods)
+
+
+def ref_param_groups(model, TT) -> list[dict]:
+  """The reference's parameter groups for the MLP: a prunable group per hidden layer (the rows of
+  its weight and its bias, one group per output channel) and the output layer non-prunable."""
+  lins = [m for m in model if hasattr(m, "weight")]
+  groups = []
+  for i, lin in enumerate(lins):
+    groups.append(dict(
+      id=f"l{i}", num_groups=lin.out_features, is_prunable=i < len(lins) - 1,
+      is_auxiliary=False, auxiliary_ngs=[], p_names=[f"l{i}.weight", f"l{i}.bias"],
+      params=[lin.weight, lin.bias], p_transform=[TT.BASIC, TT.BASIC]))
+  return groups
+
+
+def _ref_calls(ref, params, grads, batch) -> tuple[dict[str, Callable], dict[str, Callable]]:
+  """The torch callables (``torch_sgd`` and ``ref_hesso`` per phase, ``opt`` and ``train``) and
+  the untimed ``prep`` of the reference's selection step."""
+  torch, HESSO, TT = ref
+  x = torch.from_numpy(np.asarray(batch[0]).copy())
+  y = torch.from_numpy(np.asarray(batch[1]).astype(np.int64))
+  fixed = [torch.from_numpy(np.asarray(g).T.copy()) for lay in grads.values()
+           for g in (lay["kernel"], lay["bias"])]
+  calls, prep = {}, {}
+
+  def attach(model, opt, train):
+    if not train:
+      for p, g in zip(model.parameters(), fixed, strict=True):
+        p.grad = g.clone()
+
+    def step():
+      if train:
+        opt[0].zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+      opt[0].step()
+    return step
+
+  def hesso(model, cfg):
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its setup
+      return HESSO(ref_param_groups(model, TT), variant="sgd", lr=1e-2, first_momentum=0.9,
+                   target_group_sparsity=HESSO_KW["target_group_sparsity"], **cfg)
+
+  for measure in ("opt", "train"):
+    train = measure == "train"
+    model = torch_mlp(torch, params)
+    calls[f"torch_sgd/-/{measure}"] = attach(
+      model, [torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)], train)
+    for phase in PHASES:
+      cfg, pre = REF_PHASES[phase]
+      model = torch_mlp(torch, params)
+      opt = [hesso(model, cfg)]
+      step = attach(model, opt, train)
+      for _ in range(pre):
+        step()
+      _check_ref_phase(opt[0], phase)
+      calls[f"ref_hesso/{phase}/{measure}"] = step
+      if phase == "selection":
+        prep[f"ref_hesso/{phase}/{measure}"] = _restore(torch, model, opt, lambda m=model, c=cfg:
+                                                         hesso(m, c))
+  return calls, prep
+
+
+def _restore(torch, model, opt: list, make: Callable) -> Callable[[], None]:
+  """Back to the state before step 1: the initial weights and a fresh optimizer, keeping the
+  momentum buffers of the last call (so that the timed step updates them, as in steady state)."""
+  w0 = [p.detach().clone() for p in model.parameters()]
+
+  def prep():
+    mom = opt[0].first_moment_grads
+    with torch.no_grad():
+      for p, w in zip(model.parameters(), w0, strict=True):
+        p.copy_(w)
+    opt[0] = make()
+    opt[0].first_moment_grads = mom
+    _check_ref_phase(opt[0], "selection")
+  return prep
+
+
+def _check_ref_phase(opt, phase: str) -> None:
+  """Raise if the reference's state is not where ``phase`` needs it (its next step's phase)."""
+  active = sum(len(v) for v in opt.active_redundant_idxes.values())
+  pruned = sum(len(v) for v in opt.pruned_idxes.values())
+  ok = {"warmup": opt.num_steps + 1 < opt.start_pruning_step,
+        "selection": opt.num_steps == opt.start_pruning_step and opt.curr_pruning_period == 0,
+        "forgetting": active > 0 and pruned == 0,
+        "committed": active == 0 and pruned > 0 and opt.reach_target_group_sparsity()}[phase]
+  if not ok:
+    raise RuntimeError(f"reference optimizer not in phase {phase!r} (step {opt.num_steps}, "
+                       f"{active} redundant, {pruned} pruned)")
+
+
+def _jax_calls(params, grads, loss_fn, batch, space) -> dict[str, Callable]:
+  """The JAX callables (``jax_sgd``, ``jax_hesso`` per phase; ``opt`` and ``train``), donated."""
+  base = optax.sgd(1e-2, momentum=0.9)
+  tx = hj.hesso(base, space, **HESSO_KW)
+  states = _states_by_phase(tx, _train_step(tx, loss_fn, False), params, {}, batch,
+                            _hesso_phase, 12)
+  calls = {}
+  for label, t, sts in (("jax_sgd", base, {"-": (params, {}, base.init(params))}),
+                        ("jax_hesso", tx, states)):
+    tstep, ostep = _timed_train(t, loss_fn, False, True), _timed_opt(t, False, True)
+    for ph, (p, a, s) in sts.items():
+      calls[f"{label}/{ph}/train"] = _Carry(tstep, p, a, s, batch, True, True)
+      calls[f"{label}/{ph}/opt"] = _Carry(ostep, p, a, s, (grads,), False, True)
+  return calls
+
+
+def rows_from(clocks: dict, width: int) -> list[dict]:
+  """One row per (phase, measure): the three ratios on both clocks."""
+  rows = []
+  for measure in ("opt", "train"):
+    for phase in PHASES:
+      jh, rh = f"jax_hesso/{phase}/{measure}", f"ref_hesso/{phase}/{measure}"
+      row = {"width": width, "phase": phase, "measure": measure}
+      for key, (num, den) in {"jax_over_ref": (jh, rh),
+                              "jax_over_sgd": (jh, f"jax_sgd/-/{measure}"),
+                              "ref_over_sgd": (rh, f"torch_sgd/-/{measure}")}.items():
+        r = clock_ratios(clocks, num, den)
+        row[key], row[f"{key}_q25"], row[f"{key}_q75"] = r["ratio"], r["q25"], r["q75"]
+        row[f"cpu_{key}"] = r["cpu_ratio"]
+      row["jax_us"] = 1e6 * float(np.median(clocks["wall"][jh]))
+      row["ref_us"] = 1e6 * float(np.median(clocks["wall"][rh]))
+      rows.append(row)
+    # the plain optimizers of the two frameworks against each other
+    r = clock_ratios(clocks, f"jax_sgd/-/{measure}", f"torch_sgd/-/{measure}")
+    rows.append({"width": width, "phase": "plain SGD", "measure": measure,
+                 "jax_over_ref": r["ratio"], "jax_over_ref_q25": r["q25"],
+                 "jax_over_ref_q75": r["q75"], "cpu_jax_over_ref": r["cpu_ratio"],
+                 "jax_us": r["median_us"], "ref_us": r["sgd_us"]})
+  return rows
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--small", action="store_true", help="a narrow MLP and few rounds (a check)")
+  ap.add_argument("--width", type=int, default=None, help="hidden width (default 1024; 64 small)")
+  ap.add_argument("--repeats", type=int, default=None, help="rounds (default 200; 5 small)")
+  a = ap.parse_args(argv)
+  ref = load_reference()
+  if ref is None:
+    print("bench_reference needs torch and only-train-once in this environment "
+          "(pip install torch && pip install --no-deps only-train-once==3.0.1); skipped")
+    return None
+  torch = ref[0]
+  width = a.width or (64 if a.small else 1024)
+  repeats = a.repeats or (5 if a.small else 200)
+  params, aux, loss_fn, batch, space = _mlp_task(jax.random.PRNGKey(0), width)
+  grads = jax.grad(lambda p: loss_fn(p, aux, *batch)[0])(params)
+  with cpu_only_cuda(torch):
+    calls, prep = _ref_calls(ref, params, grads, batch)
+    calls.update(_jax_calls(params, grads, loss_fn, batch, space))
+    clocks = interleaved_clocks(calls, repeats=repeats, inner=1, warmup=3, prep=prep)
+  rows = rows_from(clocks, width)
+  info = {"small": a.small, "width": width, "repeats": repeats, "hesso": HESSO_KW,
+          "reference_phases": {k: v[0] for k, v in REF_PHASES.items()},
+          "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+          "params": int(sum(x.size for x in jax.tree_util.tree_leaves(params)))}
+  write_json("reference", {**info, "rows": rows})
+  cols = ["phase", "measure", "jax_us", "ref_us", "jax_over_ref", "cpu_jax_over_ref",
+          "jax_over_sgd", "cpu_jax_over_sgd", "ref_over_sgd", "cpu_ref_over_sgd"]
+  fmt = {c: "{:.3f}" for c in cols[4:]}
+  fmt.update(jax_us="{:.0f}", ref_us="{:.0f}")
+  print(f"\n== hesso_jax vs the PyTorch original (only-train-once), MLP width {width}, "
+        f"{repeats} rounds; medians of per-round ratios (wall; cpu_: process CPU) ==")
+  print(table(rows, cols, fmt))
+  print()
+  print(markdown_table(rows, cols, fmt))
+  return rows
+
+
+if __name__ == "__main__":
+  main()
