@@ -270,7 +270,7 @@ def main(argv=None):
   ap = argparse.ArgumentParser()
   ap.add_argument("--small", action="store_true", help="a narrow MLP and few rounds (a check)")
   ap.add_argument("--width", type=int, default=None, help="hidden width (default 1024; 64 small)")
-  ap.add_argument("--repeats", type=int, default=None, help="rounds (default 200; 5 small)")
+  ap.add_argument("--repeats", type=int, default=None, help="rounds (default 300; 5 small)")
   a = ap.parse_args(argv)
   ref = load_reference()
   if ref is None:
@@ -279,7 +279,7 @@ def main(argv=None):
     return None
   torch = ref[0]
   width = a.width or (64 if a.small else 1024)
-  repeats = a.repeats or (5 if a.small else 200)
+  repeats = a.repeats or (5 if a.small else 300)
   params, aux, loss_fn, batch, space = _mlp_task(jax.random.PRNGKey(0), width)
   grads = jax.grad(lambda p: loss_fn(p, aux, *batch)[0])(params)
   with cpu_only_cuda(torch):
