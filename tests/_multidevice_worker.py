@@ -277,6 +277,25 @@ def results(tmp_dir: str) -> dict:
   return _CACHE["r"]
 
 
+def results_once(root: str) -> dict:
+  """:func:`results`, computed once per test run: the first pytest process (of the xdist workers
+  sharing ``root``) runs the worker, under a file lock, and leaves its JSON for the others."""
+  import fcntl
+
+  path = os.path.join(root, "multidevice_results.json")
+  with open(os.path.join(root, "multidevice.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    if not os.path.exists(path):
+      ckpt = os.path.join(root, "md_ckpt")
+      os.makedirs(ckpt, exist_ok=True)
+      r = results(ckpt)
+      with open(path + ".tmp", "w") as f:
+        json.dump(r, f)
+      os.replace(path + ".tmp", path)
+    with open(path) as f:
+      return json.load(f)
+
+
 def main(argv):
   what = argv[1]
   out = {"devices": jax.device_count()}

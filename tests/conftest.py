@@ -1,5 +1,8 @@
 import os
 import sys
+import tempfile
+
+import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The suite is dominated by XLA compile time of many small, distinct programs; the backend
@@ -9,9 +12,30 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_backend_optimization_level" not in _flags and not os.environ.get("HESSO_JAX_DEFAULT_XLA"):
   os.environ["XLA_FLAGS"] = (_flags + " --xla_backend_optimization_level=0").strip()
+# Many tests compile the same programs again (fresh closures over equal models and optimizers),
+# in this process, in the other xdist worker and in the subprocesses some tests start: JAX's
+# persistent compilation cache, for every program, serves those from disk (its key covers the
+# program, the XLA flags, the devices and the versions). HESSO_JAX_TEST_CACHE=0 turns it off;
+# a JAX_COMPILATION_CACHE_DIR set by the caller is kept.
+if os.environ.get("HESSO_JAX_TEST_CACHE", "1") != "0":
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                        os.path.join(tempfile.gettempdir(), f"hesso_jax_tests_{os.getuid()}"))
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(1 << 30))  # LRU beyond 1 GiB
 sys.path.insert(0, os.path.dirname(__file__))
 
 
 def pytest_configure(config):
   config.addinivalue_line(
       "markers", "default_xla: also run at XLA's default optimisation level (test_default_xla.py)")
+
+
+@pytest.fixture(scope="session")
+def multidevice_root(tmp_path_factory) -> str:
+  """A folder shared by all pytest processes of this run (the xdist workers' common parent), where
+  tests/_multidevice_worker.py's 8-device run happens once (``results_once``)."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  return str(root)

@@ -11,8 +11,8 @@ import hesso_jax as hj
 
 
 @pytest.fixture(scope="module")
-def res(tmp_path_factory):
-  return W.results(str(tmp_path_factory.mktemp("md_ckpt")))
+def res(multidevice_root):
+  return W.results_once(multidevice_root)
 
 
 @pytest.mark.parametrize("kind", ["hesso", "cric"])

@@ -17,8 +17,8 @@ import hesso_jax as hj
 
 
 @pytest.fixture(scope="module")
-def res(tmp_path_factory):
-  return W.results(str(tmp_path_factory.mktemp("md_ckpt")))
+def res(multidevice_root):
+  return W.results_once(multidevice_root)
 
 
 def test_worker_has_8_devices(res):
