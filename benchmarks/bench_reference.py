@@ -27,8 +27,19 @@ reference's (``jax_over_ref``, the issue's measure) and each framework's HESSO o
 SGD (``jax_over_sgd``, ``ref_over_sgd``: what pruning costs on top of the base optimizer, free of
 the frameworks' different speeds). All are medians of per-round ratios, on wall time and on
 process CPU time (all threads). torch runs with ``OMP_WAIT_POLICY=PASSIVE`` (unless set): its
-threads then sleep between calls instead of spinning on the cores the JAX calls need. HESSO-CRIC has no counterpart here: only-train-once 3.0.1 on PyPI
-ships no CRIC.
+threads then sleep between calls instead of spinning on the cores the JAX calls need.
+
+HESSO-CRIC has no counterpart: only-train-once 3.0.1 on PyPI ships no CRIC (its GitHub tree has
+``HESSOCRIC``, unexported). Its optimizer step is compared instead with a **lower bound** of the
+original CRIC's step per phase (``ref_cric_lb``), made of the original HESSO's own methods, which
+the original CRIC's step runs as well (its algorithm: ``compute_grad_variant`` every step, and
+``compute_importance_scores`` plus a global bottom-K every cycle step): warm-up = the update
+direction and a plain update; cycle = that, the importance scores and the global bottom-K;
+hybrid forgetting = direction, update and the redundant rows scaled; committed = direction, update
+and the pruned rows zeroed. The original's step does all of that and more (its bookkeeping, score
+history, termination checks), so hesso_jax's CRIC below the bound is below the original. Rows
+``cric/<phase>``: ``jax_over_ref`` is hesso_jax's CRIC over that bound, ``jax_over_sgd`` over optax
+SGD (the cycle row is ``bench_step``'s ``selection`` phase of CRIC).
 
 Needs ``torch`` and ``only-train-once`` in the environment (not dependencies of hesso_jax; e.g.
 ``pip install torch && pip install --no-deps only-train-once==3.0.1``); without them it says so and
@@ -55,8 +66,10 @@ import optax
 
 import hesso_jax as hj
 from benchmarks.bench_step import (
+  CRIC_KW,
   HESSO_KW,
   _Carry,
+  _cric_phase_of,
   _hesso_phase,
   _mlp_task,
   _states_by_phase,
@@ -67,6 +80,7 @@ from benchmarks.bench_step import (
 from benchmarks.common import clock_ratios, interleaved_clocks, markdown_table, table, write_json
 
 PHASES = ("warmup", "selection", "forgetting", "committed")
+CRIC_PHASES = ("warmup", "cycle", "forgetting", "committed")
 
 #: The reference's schedule per phase (with ``target_group_sparsity=0.5``), and how many steps
 #: reach the phase. Its step ``n`` (1-based) selects when ``(n - start - 1) % duration == 0``
@@ -225,6 +239,44 @@ def _check_ref_phase(opt, phase: str) -> None:
                        f"{active} redundant, {pruned} pruned)")
 
 
+def _ref_cric_lower_bounds(ref, params, grads) -> dict[str, Callable]:
+  """``ref_cric_lb/<phase>/opt``: per phase, work the original CRIC's step does, from the
+  original HESSO's methods on fixed gradients (see the module docstring)."""
+  torch, HESSO, TT = ref
+  fixed = [torch.from_numpy(np.asarray(g).T.copy()) for lay in grads.values()
+           for g in (lay["kernel"], lay["bias"])]
+  K = int(sum(lay["bias"].shape[0] for lay in list(params.values())[:-1])
+          * CRIC_KW["target_group_sparsity"])
+  calls = {}
+  for phase in CRIC_PHASES:
+    model = torch_mlp(torch, params)
+    for p, g in zip(model.parameters(), fixed, strict=True):
+      p.grad = g.clone()
+    with contextlib.redirect_stdout(io.StringIO()):
+      opt = HESSO(ref_param_groups(model, TT), variant="sgd", lr=1e-2, first_momentum=0.9,
+                  **REF_PHASES["warmup"][0])
+    prunable = [g for g in opt.param_groups if g["is_prunable"]]
+    rows = [torch.zeros(g["num_groups"], dtype=torch.bool) for g in prunable]
+    for r in rows:
+      r[: r.numel() // 2] = True  # half the groups redundant (forgetting) or pruned (committed)
+
+    def step(opt=opt, phase=phase, prunable=prunable, rows=rows):
+      opt.compute_grad_variant()
+      if phase == "cycle":
+        opt.compute_importance_scores()
+        torch.topk(-torch.cat(opt.global_scores), K)
+      with torch.no_grad():
+        for g in opt.param_groups:
+          for name, p in zip(g["p_names"], g["params"], strict=True):
+            p.add_(g["grad_variant"][name], alpha=-g["lr"])
+        if phase in ("forgetting", "committed"):
+          for g, r in zip(prunable, rows, strict=True):
+            for p in g["params"]:
+              p[r] *= 0.5 if phase == "forgetting" else 0.0
+    calls[f"ref_cric_lb/{phase}/opt"] = step
+  return calls
+
+
 def _jax_calls(params, grads, loss_fn, batch, space) -> dict[str, Callable]:
   """The JAX callables (``jax_sgd``, ``jax_hesso`` per phase; ``opt`` and ``train``), donated."""
   base = optax.sgd(1e-2, momentum=0.9)
@@ -238,25 +290,45 @@ def _jax_calls(params, grads, loss_fn, batch, space) -> dict[str, Callable]:
     for ph, (p, a, s) in sts.items():
       calls[f"{label}/{ph}/train"] = _Carry(tstep, p, a, s, batch, True, True)
       calls[f"{label}/{ph}/opt"] = _Carry(ostep, p, a, s, (grads,), False, True)
+  cric = hj.hesso_cric(base, space, **CRIC_KW)
+  phase_of, limit = _cric_phase_of(space)
+  cstates = _states_by_phase(cric, _train_step(cric, loss_fn, True), params, {}, batch,
+                             phase_of, limit)
+  ostep = _timed_opt(cric, True, True)
+  for ph, (p, a, s) in cstates.items():
+    ph = "cycle" if ph == "selection" else ph  # bench_step's name for CRIC's cycle steps
+    calls[f"jax_cric/{ph}/opt"] = _Carry(ostep, p, a, s, (grads,), False, True)
   return calls
 
 
+def _row(clocks: dict, width: int, phase: str, measure: str, jax_name: str, ref_name: str,
+         ) -> dict:
+  """hesso_jax's ``jax_name`` over the original's ``ref_name`` and each over its framework's SGD,
+  on both clocks (medians of per-round ratios and their quartiles), with both median times."""
+  row = {"width": width, "phase": phase, "measure": measure}
+  for key, (num, den) in {"jax_over_ref": (jax_name, ref_name),
+                          "jax_over_sgd": (jax_name, f"jax_sgd/-/{measure}"),
+                          "ref_over_sgd": (ref_name, f"torch_sgd/-/{measure}")}.items():
+    r = clock_ratios(clocks, num, den)
+    row[key], row[f"{key}_q25"], row[f"{key}_q75"] = r["ratio"], r["q25"], r["q75"]
+    row[f"cpu_{key}"] = r["cpu_ratio"]
+  row["jax_us"] = 1e6 * float(np.median(clocks["wall"][jax_name]))
+  row["ref_us"] = 1e6 * float(np.median(clocks["wall"][ref_name]))
+  return row
+
+
 def rows_from(clocks: dict, width: int) -> list[dict]:
-  """One row per (phase, measure): the three ratios on both clocks."""
+  """One row per (phase, measure) of HESSO, one per CRIC phase (optimizer only, against the
+  original's lower bound) and the two plain SGDs against each other."""
   rows = []
   for measure in ("opt", "train"):
     for phase in PHASES:
-      jh, rh = f"jax_hesso/{phase}/{measure}", f"ref_hesso/{phase}/{measure}"
-      row = {"width": width, "phase": phase, "measure": measure}
-      for key, (num, den) in {"jax_over_ref": (jh, rh),
-                              "jax_over_sgd": (jh, f"jax_sgd/-/{measure}"),
-                              "ref_over_sgd": (rh, f"torch_sgd/-/{measure}")}.items():
-        r = clock_ratios(clocks, num, den)
-        row[key], row[f"{key}_q25"], row[f"{key}_q75"] = r["ratio"], r["q25"], r["q75"]
-        row[f"cpu_{key}"] = r["cpu_ratio"]
-      row["jax_us"] = 1e6 * float(np.median(clocks["wall"][jh]))
-      row["ref_us"] = 1e6 * float(np.median(clocks["wall"][rh]))
-      rows.append(row)
+      rows.append(_row(clocks, width, phase, measure, f"jax_hesso/{phase}/{measure}",
+                       f"ref_hesso/{phase}/{measure}"))
+    if measure == "opt":
+      for phase in CRIC_PHASES:
+        jc, lb = f"jax_cric/{phase}/opt", f"ref_cric_lb/{phase}/opt"
+        rows.append(_row(clocks, width, f"cric/{phase}", measure, jc, lb))
     # the plain optimizers of the two frameworks against each other
     r = clock_ratios(clocks, f"jax_sgd/-/{measure}", f"torch_sgd/-/{measure}")
     rows.append({"width": width, "phase": "plain SGD", "measure": measure,
@@ -284,10 +356,11 @@ def main(argv=None):
   grads = jax.grad(lambda p: loss_fn(p, aux, *batch)[0])(params)
   with cpu_only_cuda(torch):
     calls, prep = _ref_calls(ref, params, grads, batch)
+    calls.update(_ref_cric_lower_bounds(ref, params, grads))
     calls.update(_jax_calls(params, grads, loss_fn, batch, space))
     clocks = interleaved_clocks(calls, repeats=repeats, inner=1, warmup=3, prep=prep)
   rows = rows_from(clocks, width)
-  info = {"small": a.small, "width": width, "repeats": repeats, "hesso": HESSO_KW,
+  info = {"small": a.small, "width": width, "repeats": repeats, "hesso": HESSO_KW, "cric": CRIC_KW,
           "reference_phases": {k: v[0] for k, v in REF_PHASES.items()},
           "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
           "params": int(sum(x.size for x in jax.tree_util.tree_leaves(params)))}

@@ -26,7 +26,8 @@ def test_without_reference_it_says_so_and_returns(monkeypatch, capsys):
 def _clocks(rng):
   names = [f"{impl}/{ph}/{m}" for m in ("opt", "train")
            for impl, phases in (("jax_hesso", B.PHASES), ("ref_hesso", B.PHASES),
-                                ("jax_sgd", ("-",)), ("torch_sgd", ("-",)))
+                                ("jax_sgd", ("-",)), ("torch_sgd", ("-",)),
+                                ("jax_cric", B.CRIC_PHASES), ("ref_cric_lb", B.CRIC_PHASES))
            for ph in phases]
   return {c: {n: rng.uniform(1e-3, 2e-3, size=7) for n in names} for c in ("wall", "cpu")}
 
@@ -35,7 +36,7 @@ def test_rows_are_medians_of_per_round_ratios():
   clocks = _clocks(np.random.default_rng(0))
   rows = B.rows_from(clocks, 8)
   by = {(r["phase"], r["measure"]): r for r in rows}
-  assert len(rows) == 2 * (len(B.PHASES) + 1)
+  assert len(rows) == 2 * (len(B.PHASES) + 1) + len(B.CRIC_PHASES)  # CRIC: optimizer only
   w, c = clocks["wall"], clocks["cpu"]
   r = by[("selection", "train")]
   np.testing.assert_allclose(
@@ -45,6 +46,12 @@ def test_rows_are_medians_of_per_round_ratios():
   np.testing.assert_allclose(
     r["ref_over_sgd"], np.median(w["ref_hesso/selection/train"] / w["torch_sgd/-/train"]))
   np.testing.assert_allclose(r["jax_us"], 1e6 * np.median(w["jax_hesso/selection/train"]))
+  cyc = by[("cric/cycle", "opt")]
+  np.testing.assert_allclose(
+    cyc["cpu_jax_over_ref"], np.median(c["jax_cric/cycle/opt"] / c["ref_cric_lb/cycle/opt"]))
+  np.testing.assert_allclose(cyc["ref_over_sgd"],
+                             np.median(w["ref_cric_lb/cycle/opt"] / w["torch_sgd/-/opt"]))
+  assert ("cric/cycle", "train") not in by
   plain = by[("plain SGD", "opt")]
   np.testing.assert_allclose(plain["jax_over_ref"],
                              np.median(w["jax_sgd/-/opt"] / w["torch_sgd/-/opt"]))
