@@ -38,12 +38,10 @@ from benchmarks.bench_step import (
   CRIC_KW,
   _base_and_control,
   _Carry,
-  _cric_phase_of,
   _mlp_task,
   _split,
-  _states_by_phase,
   _timed_opt,
-  _train_step,
+  cric_states,
 )
 from benchmarks.common import (
   clock_ratios,
@@ -84,9 +82,7 @@ def bench(width: int, repeats: int, inner: int) -> tuple[list[dict], dict]:
   base = optax.sgd(1e-2, momentum=0.9)
   grads = jax.grad(lambda p: loss_fn(p, aux, *batch)[0])(params)
   cric = hj.hesso_cric(base, space, **CRIC_KW)
-  phase_of, limit = _cric_phase_of(space)
-  states = _states_by_phase(cric, _train_step(cric, loss_fn, True), params, aux, batch, phase_of,
-                            limit)
+  states = cric_states(cric, space, loss_fn, params, aux, batch)
   p, a, st = states["selection"]  # a cycle step (not a boundary)
   calls, allocs = _base_and_control(base, grads, params, aux)
   ph, rest = _split(st)

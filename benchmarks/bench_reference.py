@@ -68,14 +68,10 @@ import hesso_jax as hj
 from benchmarks.bench_step import (
   CRIC_KW,
   HESSO_KW,
-  _Carry,
-  _cric_phase_of,
-  _hesso_phase,
   _mlp_task,
-  _states_by_phase,
-  _timed_opt,
-  _timed_train,
-  _train_step,
+  cric_states,
+  hesso_states,
+  phase_calls,
 )
 from benchmarks.common import clock_ratios, interleaved_clocks, markdown_table, table, write_json
 
@@ -163,14 +159,28 @@ def ref_param_groups(model, TT) -> list[dict]:
   return groups
 
 
+def torch_grads(torch, grads: dict) -> list:
+  """The JAX MLP ``grads`` as torch tensors in ``model.parameters()`` order (kernels transposed)."""
+  return [torch.from_numpy(np.asarray(g).T.copy()) for lay in grads.values()
+          for g in (lay["kernel"], lay["bias"])]
+
+
+def ref_hesso(ref, model, cfg: dict) -> Any:
+  """The original HESSO on ``model`` (SGD variant, momentum 0.9, lr 1e-2, target sparsity of
+  ``HESSO_KW``, the schedule ``cfg``), its setup printout swallowed."""
+  torch, HESSO, TT = ref
+  with contextlib.redirect_stdout(io.StringIO()):
+    return HESSO(ref_param_groups(model, TT), variant="sgd", lr=1e-2, first_momentum=0.9,
+                 target_group_sparsity=HESSO_KW["target_group_sparsity"], **cfg)
+
+
 def _ref_calls(ref, params, grads, batch) -> tuple[dict[str, Callable], dict[str, Callable]]:
   """The torch callables (``torch_sgd`` and ``ref_hesso`` per phase, ``opt`` and ``train``) and
   the untimed ``prep`` of the reference's selection step."""
-  torch, HESSO, TT = ref
+  torch = ref[0]
   x = torch.from_numpy(np.asarray(batch[0]).copy())
   y = torch.from_numpy(np.asarray(batch[1]).astype(np.int64))
-  fixed = [torch.from_numpy(np.asarray(g).T.copy()) for lay in grads.values()
-           for g in (lay["kernel"], lay["bias"])]
+  fixed = torch_grads(torch, grads)
   calls, prep = {}, {}
 
   def attach(model, opt, train):
@@ -185,11 +195,6 @@ def _ref_calls(ref, params, grads, batch) -> tuple[dict[str, Callable], dict[str
       opt[0].step()
     return step
 
-  def hesso(model, cfg):
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints its setup
-      return HESSO(ref_param_groups(model, TT), variant="sgd", lr=1e-2, first_momentum=0.9,
-                   target_group_sparsity=HESSO_KW["target_group_sparsity"], **cfg)
-
   for measure in ("opt", "train"):
     train = measure == "train"
     model = torch_mlp(torch, params)
@@ -198,15 +203,15 @@ def _ref_calls(ref, params, grads, batch) -> tuple[dict[str, Callable], dict[str
     for phase in PHASES:
       cfg, pre = REF_PHASES[phase]
       model = torch_mlp(torch, params)
-      opt = [hesso(model, cfg)]
+      opt = [ref_hesso(ref, model, cfg)]
       step = attach(model, opt, train)
       for _ in range(pre):
         step()
       _check_ref_phase(opt[0], phase)
       calls[f"ref_hesso/{phase}/{measure}"] = step
       if phase == "selection":
-        prep[f"ref_hesso/{phase}/{measure}"] = _restore(torch, model, opt, lambda m=model, c=cfg:
-                                                         hesso(m, c))
+        prep[f"ref_hesso/{phase}/{measure}"] = _restore(
+          torch, model, opt, lambda m=model, c=cfg: ref_hesso(ref, m, c))
   return calls, prep
 
 
@@ -242,9 +247,8 @@ def _check_ref_phase(opt, phase: str) -> None:
 def _ref_cric_lower_bounds(ref, params, grads) -> dict[str, Callable]:
   """``ref_cric_lb/<phase>/opt``: per phase, work the original CRIC's step does, from the
   original HESSO's methods on fixed gradients (see the module docstring)."""
-  torch, HESSO, TT = ref
-  fixed = [torch.from_numpy(np.asarray(g).T.copy()) for lay in grads.values()
-           for g in (lay["kernel"], lay["bias"])]
+  torch = ref[0]
+  fixed = torch_grads(torch, grads)
   K = int(sum(lay["bias"].shape[0] for lay in list(params.values())[:-1])
           * CRIC_KW["target_group_sparsity"])
   calls = {}
@@ -252,9 +256,7 @@ def _ref_cric_lower_bounds(ref, params, grads) -> dict[str, Callable]:
     model = torch_mlp(torch, params)
     for p, g in zip(model.parameters(), fixed, strict=True):
       p.grad = g.clone()
-    with contextlib.redirect_stdout(io.StringIO()):
-      opt = HESSO(ref_param_groups(model, TT), variant="sgd", lr=1e-2, first_momentum=0.9,
-                  **REF_PHASES["warmup"][0])
+    opt = ref_hesso(ref, model, REF_PHASES["warmup"][0])  # its methods, never its step
     prunable = [g for g in opt.param_groups if g["is_prunable"]]
     rows = [torch.zeros(g["num_groups"], dtype=torch.bool) for g in prunable]
     for r in rows:
@@ -278,26 +280,20 @@ def _ref_cric_lower_bounds(ref, params, grads) -> dict[str, Callable]:
 
 
 def _jax_calls(params, grads, loss_fn, batch, space) -> dict[str, Callable]:
-  """The JAX callables (``jax_sgd``, ``jax_hesso`` per phase; ``opt`` and ``train``), donated."""
+  """The JAX callables, donated: ``jax_sgd`` and ``jax_hesso`` per phase (``opt`` and ``train``),
+  ``jax_cric`` per phase (``opt``; its cycle steps under ``cycle``)."""
   base = optax.sgd(1e-2, momentum=0.9)
   tx = hj.hesso(base, space, **HESSO_KW)
-  states = _states_by_phase(tx, _train_step(tx, loss_fn, False), params, {}, batch,
-                            _hesso_phase, 12)
-  calls = {}
-  for label, t, sts in (("jax_sgd", base, {"-": (params, {}, base.init(params))}),
-                        ("jax_hesso", tx, states)):
-    tstep, ostep = _timed_train(t, loss_fn, False, True), _timed_opt(t, False, True)
-    for ph, (p, a, s) in sts.items():
-      calls[f"{label}/{ph}/train"] = _Carry(tstep, p, a, s, batch, True, True)
-      calls[f"{label}/{ph}/opt"] = _Carry(ostep, p, a, s, (grads,), False, True)
+  calls = phase_calls("jax_sgd", base, False, {"-": (params, {}, base.init(params))}, loss_fn,
+                      grads, batch, True)
+  calls.update(phase_calls("jax_hesso", tx, False, hesso_states(tx, loss_fn, params, {}, batch),
+                           loss_fn, grads, batch, True))
   cric = hj.hesso_cric(base, space, **CRIC_KW)
-  phase_of, limit = _cric_phase_of(space)
-  cstates = _states_by_phase(cric, _train_step(cric, loss_fn, True), params, {}, batch,
-                             phase_of, limit)
-  ostep = _timed_opt(cric, True, True)
-  for ph, (p, a, s) in cstates.items():
-    ph = "cycle" if ph == "selection" else ph  # bench_step's name for CRIC's cycle steps
-    calls[f"jax_cric/{ph}/opt"] = _Carry(ostep, p, a, s, (grads,), False, True)
+  states = cric_states(cric, space, loss_fn, params, {}, batch)
+  # bench_step's name for CRIC's cycle steps is "selection"
+  states = {("cycle" if ph == "selection" else ph): st for ph, st in states.items()}
+  calls.update(phase_calls("jax_cric", cric, True, states, loss_fn, grads, batch, True,
+                           measures=("opt",)))
   return calls
 
 

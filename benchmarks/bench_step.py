@@ -216,6 +216,34 @@ def _cric_phase_of(space):
   return phase, sched["latest_done"] + 4
 
 
+def hesso_states(tx, loss_fn: Callable, params, aux, batch) -> dict:
+  """The (params, aux, state) at which each HESSO phase is timed (``HESSO_KW``'s schedule)."""
+  return _states_by_phase(tx, _train_step(tx, loss_fn, False), params, aux, batch,
+                          _hesso_phase, 12)
+
+
+def cric_states(cric, space, loss_fn: Callable, params, aux, batch) -> dict:
+  """The (params, aux, state) at which each HESSO-CRIC phase is timed (``CRIC_KW``'s schedule;
+  its cycle steps are the phase named ``selection``)."""
+  phase, limit = _cric_phase_of(space)
+  return _states_by_phase(cric, _train_step(cric, loss_fn, True), params, aux, batch, phase,
+                          limit)
+
+
+def phase_calls(label: str, tx, cric: bool, states: dict, loss_fn: Callable, grads, batch,
+                donate: bool, measures: tuple[str, ...] = ("train", "opt")) -> dict[str, _Carry]:
+  """``{"<label>/<phase>/<measure>": step}``: for each phase's state, the carried train step
+  (``train``) and optimizer-only step on ``grads`` (``opt``)."""
+  tstep, ostep = _timed_train(tx, loss_fn, cric, donate), _timed_opt(tx, cric, donate)
+  calls = {}
+  for ph, (p, a, s) in states.items():
+    if "train" in measures:
+      calls[f"{label}/{ph}/train"] = _Carry(tstep, p, a, s, batch, True, donate)
+    if "opt" in measures:
+      calls[f"{label}/{ph}/opt"] = _Carry(ostep, p, a, s, (grads,), False, donate)
+  return calls
+
+
 def bench_model(name: str, repeats: int, inner: int, donate: bool) -> tuple[list[dict], dict]:
   t0 = time.perf_counter()
   params, aux, loss_fn, batch, space = TASKS[name](jax.random.PRNGKey(0))
@@ -224,21 +252,15 @@ def bench_model(name: str, repeats: int, inner: int, donate: bool) -> tuple[list
   calls: dict[str, Callable] = {}
 
   def add(label, tx, cric, states):
-    tstep, ostep = _timed_train(tx, loss_fn, cric, donate), _timed_opt(tx, cric, donate)
-    for ph, (p, a, s) in states.items():
-      calls[f"{label}/{ph}/train"] = _Carry(tstep, p, a, s, batch, True, donate)
-      calls[f"{label}/{ph}/opt"] = _Carry(ostep, p, a, s, (grads,), False, donate)
+    calls.update(phase_calls(label, tx, cric, states, loss_fn, grads, batch, donate))
 
   add("sgd", base, False, {"-": (params, aux, base.init(params))})
   # A/A control: plain SGD compiled and carried a second time (what "no difference" reads as)
   add("sgd_again", base, False, {"-": (params, aux, base.init(params))})
   tx = hj.hesso(base, space, **HESSO_KW)
-  add("hesso", tx, False, _states_by_phase(tx, _train_step(tx, loss_fn, False), params, aux,
-                                           batch, _hesso_phase, 12))
+  add("hesso", tx, False, hesso_states(tx, loss_fn, params, aux, batch))
   cric = hj.hesso_cric(base, space, **CRIC_KW)
-  phase, limit = _cric_phase_of(space)
-  add("cric", cric, True, _states_by_phase(cric, _train_step(cric, loss_fn, True), params, aux,
-                                           batch, phase, limit))
+  add("cric", cric, True, cric_states(cric, space, loss_fn, params, aux, batch))
   setup = time.perf_counter() - t0
   clocks = interleaved_clocks(calls, repeats=repeats, inner=inner, warmup=3)
   rows = []
