@@ -15,9 +15,11 @@ same cycle step runs every call) of plain SGD with momentum, of HESSO-CRIC as is
 HESSO-CRIC with one part replaced for this measurement only (``unittest.mock`` patches of private
 functions): ``no_saliency`` (scores are zeros: no direction, no group reductions),
 ``no_bottom_k`` (``lowest_k`` returns no group, everywhere in the step) and ``no_restore``
-(the masked update never restores the parameter cache). ``sgd_again`` is the A/A control. Each row
-also counts the compiled step's buffer allocations (total and thread-local; see
-``benchmarks/bench_cond.py`` for why they matter on XLA:CPU). Both clocks are read around the
+(the masked update never restores the parameter cache), and ``fused_stats``, which changes rather
+than removes: each member's three statistics in one variadic ``lax.reduce`` instead of three
+reductions (:func:`fused_stats`). ``sgd_again`` is the A/A control. Each row also counts the
+compiled step's buffer allocations (total and thread-local; see ``benchmarks/bench_cond.py`` for
+why they matter on XLA:CPU) and the size of its temporary buffer (``temp_bytes``). Both clocks are read around the
 same calls: wall time and process CPU time.
 
     python -m benchmarks.bench_cycle [--small] [--repeats N]
@@ -52,6 +54,8 @@ from benchmarks.common import (
   write_json,
 )
 from hesso_jax.optim import _common, _saliency
+from hesso_jax.space import _search_space
+from hesso_jax.space._layout import member_view
 
 _MASKED_UPDATES = _common.masked_updates
 
@@ -66,6 +70,24 @@ def _unrestored(*args, **kwargs):
   return _MASKED_UPDATES(*args, **{**kwargs, "restore": None, "restore_when": None})
 
 
+def _variadic_member(fns, leaves, m, n):
+  """``_search_space._reduce_member`` as one variadic ``lax.reduce`` over all ``fns``."""
+  vs = tuple(member_view(f(*leaves), m, n) for f in fns)
+  axes = tuple(i for i in range(vs[0].ndim) if i != m.axis + 1)
+  zeros = tuple(jnp.zeros([], v.dtype) for v in vs)
+  sums = jax.lax.reduce(vs, zeros, lambda a, b: tuple(p + q for p, q in zip(a, b, strict=True)),
+                        axes)
+  return jnp.stack(sums)
+
+
+def fused_stats():
+  """A patch: every member's group statistics in one variadic reduction. XLA then computes the
+  direction ``d`` inside it instead of into a full-size buffer that ``<d, d>`` and ``<x, d>`` read
+  (the temporary buffer of the selection drops from one float32 copy of the producer leaves to
+  the group vectors), but XLA:CPU runs that reduction as a scalar loop."""
+  return mock.patch.object(_search_space, "_reduce_member", _variadic_member)
+
+
 #: variant -> the patches that remove one part of the cycle step
 VARIANTS: dict[str, Callable[[], list]] = {
   "cric_cycle": lambda: [],
@@ -74,6 +96,7 @@ VARIANTS: dict[str, Callable[[], list]] = {
     mock.patch.object(_common, "lowest_k", lambda sc, k: jnp.zeros(sc.shape, bool))
   ],
   "no_restore": lambda: [mock.patch.object(_common, "masked_updates", _unrestored)],
+  "fused_stats": lambda: [fused_stats()],
 }
 
 
@@ -96,7 +119,8 @@ def bench(width: int, repeats: int, inner: int) -> tuple[list[dict], dict]:
   for name in ["sgd_again", *VARIANTS]:
     row = {"width": width, "params": n_params, "variant": name,
            "allocations": allocs[name].get("total"),
-           "thread_local": allocs[name].get("thread_local")}
+           "thread_local": allocs[name].get("thread_local"),
+           "temp_bytes": allocs[name].get("temp_bytes")}
     row.update(clock_ratios(clocks, name, "sgd"))
     rows.append(row)
   return rows, {"count": int(st.count), "end": int(st.end), "groups": space.num_groups}
@@ -116,10 +140,10 @@ def main(argv=None):
   print("\n== HESSO-CRIC cycle step (donated, optimizer only), ratio to SGD(momentum); ratio: wall "
         "clock, cpu_ratio: process CPU time ==")
   print(table(rows, ["width", "params", "variant", "median_us", "sgd_us", "ratio", "q25", "q75",
-                     "cpu_ratio", "cpu_q25", "cpu_q75", "allocations", "thread_local"], fmt))
+                     "cpu_ratio", "cpu_q25", "cpu_q75", "allocations", "thread_local", "temp_bytes"], fmt))
   print()
   print(markdown_table(rows, ["variant", "median_us", "sgd_us", "ratio", "cpu_ratio",
-                              "allocations", "thread_local"],
+                              "allocations", "thread_local", "temp_bytes"],
                        {"ratio": "{:.2f}x", "cpu_ratio": "{:.2f}x", "median_us": "{:.0f}",
                         "sgd_us": "{:.0f}"}))
 

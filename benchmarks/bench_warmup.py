@@ -19,7 +19,8 @@ loop instead of stored before it by ``optim._common.stored``), ``no_mask`` (the 
 update), ``no_cond`` (no selection cond and no ``after``), ``bookkeeping`` (neither the cond nor
 the masked update: what is left is the schedule scalars and the ``(G,)`` mask updates),
 ``no_direction`` (the selection scores magnitudes only, so it neither recomputes nor stores the
-update direction) and
+update direction), ``fused_stats`` (the selection's statistics in one variadic reduction per
+member, so the step has no full-size temporary buffer; ``benchmarks/bench_cycle.py``) and
 ``bare`` (the base update and the count increment only; HESSO's masks pass through unchanged).
 ``sgd_again`` is an A/A control: plain SGD compiled a second time, whose ratio to SGD shows the
 measurement's own bias and spread on this machine. HESSO-CRIC's warm-up step is timed too:
@@ -46,6 +47,7 @@ import jax.numpy as jnp
 import optax
 
 import hesso_jax as hj
+from benchmarks.bench_cycle import fused_stats
 from benchmarks.bench_step import (
   CRIC_KW,
   HESSO_KW,
@@ -98,6 +100,9 @@ VARIANTS: dict[str, Callable[[], list]] = {
   "no_direction": lambda: [mock.patch.object(
     _hesso.sal, "saliency",
     lambda sp, params, d, w: _SALIENCY(sp, params, None, {"magnitude": 1.0}))],
+  # the selection's statistics as one variadic reduction per member (bench_cycle.fused_stats):
+  # no full-size direction buffer in the step
+  "fused_stats": lambda: [fused_stats()],
   "bare": lambda: VARIANTS["no_cond"]() + [
     mock.patch.object(_hesso, "_forget",  # the base update; the masks pass through
                       lambda sp, sched, params, u, redundant, forget, pruned, live:

@@ -240,7 +240,7 @@ class SearchSpace:
           continue
         leaves = [jnp.asarray(lm[m.path]).astype(dtype) for lm in leaf_maps]
         like = leaves[0] if like is None else like
-        part = jnp.stack([reduce_to_channels(f(*leaves), m, s.size) for f in fns])
+        part = _reduce_member(fns, leaves, m, s.size)
         acc = part if acc is None else _add(acc, part)
       accs.append(jnp.zeros((k, s.size), dtype) if acc is None else acc)
     if not accs:
@@ -350,6 +350,21 @@ class SearchSpace:
       f"SearchSpace(num_spaces={len(self.channel_spaces)}, num_groups={self.num_groups}, "
       f"prunable={len(self.prunable_spaces)})"
     )
+
+
+def _reduce_member(
+  fns: Sequence[Callable[..., jax.Array]], leaves: list[jax.Array], m: AxisSlice, n: int
+) -> jax.Array:
+  """(len(fns), n): the member's per-channel sums of every ``fn`` of its ``leaves``.
+
+  One reduction per ``fn``. An operand that several ``fns`` read (HESSO's direction ``d`` in
+  ``<d, d>`` and ``<x, d>``) is then computed into a buffer of the leaf's size first. One variadic
+  ``lax.reduce`` over all ``fns`` would fuse it away (the selection's temporary buffer 7.5 MB ->
+  0.14 MB on a 1.9 M-parameter MLP), but XLA:CPU runs a fused variadic reduction as a scalar
+  loop: a HESSO-CRIC cycle step was then several times slower (``benchmarks/bench_cycle.py``,
+  variant ``fused_stats``).
+  """
+  return jnp.stack([reduce_to_channels(f(*leaves), m, n) for f in fns])
 
 
 def _add(a: jax.Array, b: jax.Array) -> jax.Array:
