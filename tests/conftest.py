@@ -1,3 +1,4 @@
+import contextlib
 import os
 import sys
 import tempfile
@@ -16,17 +17,35 @@ if "xla_backend_optimization_level" not in _flags and not os.environ.get("HESSO_
 # in this process, in the other xdist worker and in the subprocesses some tests start: JAX's
 # persistent compilation cache, for every program, serves those from disk (its key covers the
 # program, the XLA flags, the devices and the versions). HESSO_JAX_TEST_CACHE=0 turns it off;
-# a JAX_COMPILATION_CACHE_DIR set by the caller is kept.
+# a JAX_COMPILATION_CACHE_DIR set by the caller is kept. JAX's own size limit is not used: with
+# it every write lists and stats the whole cache under a file lock (thousands of entries here,
+# so the suite ran several times slower); the cache is emptied at the start of a run instead
+# when it has grown past CACHE_LIMIT_BYTES.
+CACHE_LIMIT_BYTES = 1 << 30
+OWN_CACHE = os.path.join(tempfile.gettempdir(), f"hesso_jax_tests_{os.getuid()}")
 if os.environ.get("HESSO_JAX_TEST_CACHE", "1") != "0":
-  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                        os.path.join(tempfile.gettempdir(), f"hesso_jax_tests_{os.getuid()}"))
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", OWN_CACHE)
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(1 << 30))  # LRU beyond 1 GiB
 sys.path.insert(0, os.path.dirname(__file__))
 
 
+def _empty_cache_if_large(path: str, limit: int) -> None:
+  """Remove the compilation cache's files when they add up to more than ``limit`` bytes."""
+  if not os.path.isdir(path):
+    return
+  files = [e for e in os.scandir(path) if e.is_file(follow_symlinks=False)]
+  if sum(e.stat().st_size for e in files) > limit:
+    for e in files:
+      with contextlib.suppress(OSError):
+        os.remove(e.path)
+
+
 def pytest_configure(config):
+  # once per run, before any worker starts; only the cache this file chose, never the caller's
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR") == OWN_CACHE and not os.environ.get(
+      "PYTEST_XDIST_WORKER"):
+    _empty_cache_if_large(OWN_CACHE, CACHE_LIMIT_BYTES)
   config.addinivalue_line(
       "markers", "default_xla: also run at XLA's default optimisation level (test_default_xla.py)")
 
