@@ -19,8 +19,8 @@ functions): ``no_saliency`` (scores are zeros: no direction, no group reductions
 than removes: each member's three statistics in one variadic ``lax.reduce`` instead of three
 reductions (:func:`fused_stats`). ``sgd_again`` is the A/A control. Each row also counts the
 compiled step's buffer allocations (total and thread-local; see ``benchmarks/bench_cond.py`` for
-why they matter on XLA:CPU) and the size of its temporary buffer (``temp_bytes``). Both clocks are read around the
-same calls: wall time and process CPU time.
+why they matter on XLA:CPU) and the size of its temporary buffer (``temp_bytes``). Both clocks
+are read around the same calls: wall time and process CPU time.
 
     python -m benchmarks.bench_cycle [--small] [--repeats N]
 """
@@ -140,7 +140,8 @@ def main(argv=None):
   print("\n== HESSO-CRIC cycle step (donated, optimizer only), ratio to SGD(momentum); ratio: wall "
         "clock, cpu_ratio: process CPU time ==")
   print(table(rows, ["width", "params", "variant", "median_us", "sgd_us", "ratio", "q25", "q75",
-                     "cpu_ratio", "cpu_q25", "cpu_q75", "allocations", "thread_local", "temp_bytes"], fmt))
+                     "cpu_ratio", "cpu_q25", "cpu_q75", "allocations", "thread_local",
+                     "temp_bytes"], fmt))
   print()
   print(markdown_table(rows, ["variant", "median_us", "sgd_us", "ratio", "cpu_ratio",
                               "allocations", "thread_local", "temp_bytes"],

@@ -151,7 +151,8 @@ def compile_counting_allocations(lowered) -> tuple[Any, dict]:
   Thread-local ones are the scalar values of the sub-computations that reductions, sorts and
   scatters call; on XLA:CPU each allocation is a per-execution cost, even inside a ``lax.cond``
   branch that is not taken (``benchmarks/bench_cond.py``). The counts are ``{}`` when the backend
-  writes no buffer assignment."""
+  writes no buffer assignment, and when JAX's persistent compilation cache serves the executable
+  (then nothing is compiled, and the dump options are not part of the cache key)."""
   with tempfile.TemporaryDirectory() as d:
     compiled = lowered.compile(compiler_options={"xla_dump_to": d})
     files = glob.glob(os.path.join(d, "*after_optimizations-buffer-assignment.txt"))
