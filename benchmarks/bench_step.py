@@ -162,13 +162,20 @@ class _Carry:
     return self.p
 
 
-def _base_and_control(base, grads, params, aux) -> tuple[dict[str, _Carry], dict[str, dict]]:
-  """The donated optimizer-only step of the plain ``base`` (``"sgd"``) and its A/A control
-  (``"sgd_again"``: the same step compiled and carried a second time, whose ratio is what this
-  machine and method report for "no difference"), with each compiled step's buffer
-  allocations (:func:`benchmarks.common.compile_counting_allocations`)."""
+def control_names(controls: int) -> list[str]:
+  """Names of ``controls`` A/A copies of the base step: ``sgd_again``, ``sgd_again_2``, ..."""
+  return ["sgd_again"] + [f"sgd_again_{i}" for i in range(2, controls + 1)]
+
+
+def _base_and_control(base, grads, params, aux, controls: int = 1
+                      ) -> tuple[dict[str, _Carry], dict[str, dict]]:
+  """The donated optimizer-only step of the plain ``base`` (``"sgd"``) and its A/A controls
+  (:func:`control_names`: the same step compiled and carried again, each with its own buffers,
+  whose ratios are what this machine and method report for "no difference"; several show how
+  far that spreads), with each compiled step's buffer allocations
+  (:func:`benchmarks.common.compile_counting_allocations`)."""
   calls, allocs = {}, {}
-  for name in ("sgd", "sgd_again"):
+  for name in ("sgd", *control_names(controls)):
     st = base.init(params)
     step, allocs[name] = compile_counting_allocations(
       _timed_opt(base, False, True).lower(grads, params, st, {}))

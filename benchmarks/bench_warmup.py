@@ -23,7 +23,9 @@ update direction), ``fused_stats`` (the selection's statistics in one variadic r
 member, so the step has no full-size temporary buffer; ``benchmarks/bench_cycle.py``) and
 ``bare`` (the base update and the count increment only; HESSO's masks pass through unchanged).
 ``sgd_again`` is an A/A control: plain SGD compiled a second time, whose ratio to SGD shows the
-measurement's own bias and spread on this machine. HESSO-CRIC's warm-up step is timed too:
+measurement's own bias and spread on this machine; ``--controls N`` times ``N`` such copies
+(``sgd_again_2``, ...), each with its own buffers, and prints the band their ratios span: the
+resolution of the run, against which a variant's ratio is read. HESSO-CRIC's warm-up step is timed too:
 ``cric``, ``cric_unstored``, and ``cric_no_conds`` (every phase ``lax.cond`` replaced by the
 branch a warm-up step takes). Two MLP widths show whether a cost grows with the model (a
 per-element cost keeps its ratio; a fixed cost shrinks with width); ``--widths cnn`` times
@@ -33,7 +35,7 @@ shared virtual machine spends running others, so it is much less noisy). ``--var
 ``--repeats`` make a focused long run (the median's standard error shrinks with the rounds).
 
     python -m benchmarks.bench_warmup [--small] [--widths 1024,cnn] [--variants hesso,bare]
-                                      [--repeats N] [--out NAME]
+                                      [--repeats N] [--controls N] [--out NAME]
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from benchmarks.bench_step import (
   _mlp_task,
   _split,
   _timed_opt,
+  control_names,
 )
 from benchmarks.common import (
   clock_ratios,
@@ -119,14 +122,15 @@ CRIC_VARIANTS: dict[str, Callable[[], list]] = {
 }
 
 
-def bench_width(width: int | str, repeats: int, inner: int, only: set[str] | None = None
-                ) -> list[dict]:
-  """The variants on the MLP of this width, or on the digits CNN for ``width == "cnn"``."""
+def bench_width(width: int | str, repeats: int, inner: int, only: set[str] | None = None,
+                controls: int = 1) -> list[dict]:
+  """The variants on the MLP of this width, or on the digits CNN for ``width == "cnn"``, with
+  ``controls`` A/A copies of SGD."""
   key = jax.random.PRNGKey(0)
   params, _, _, _, space = _cnn_task(key) if width == "cnn" else _mlp_task(key, int(width))
   grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 1e-2), params)
   base = optax.sgd(1e-2, momentum=0.9)
-  calls, allocs = _base_and_control(base, grads, params, {})
+  calls, allocs = _base_and_control(base, grads, params, {}, controls)
   names = [n for n in [*VARIANTS, *CRIC_VARIANTS] if only is None or n in only]
   for name in names:
     cric = name in CRIC_VARIANTS
@@ -142,7 +146,7 @@ def bench_width(width: int | str, repeats: int, inner: int, only: set[str] | Non
   clocks = interleaved_clocks(calls, repeats=repeats, inner=inner, warmup=3)
   n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
   rows = []
-  for name in ["sgd_again", *names]:
+  for name in [*control_names(controls), *names]:
     row = {"width": width, "params": n_params, "variant": name,
            # thread-local buffer allocations of the compiled step (SGD's in sgd_thread_local): on
            # XLA:CPU a per-execution cost, even in the branch of a cond that is not taken
@@ -155,6 +159,21 @@ def bench_width(width: int | str, repeats: int, inner: int, only: set[str] | Non
   return rows
 
 
+def control_spread(rows: list[dict]) -> list[dict]:
+  """Per width, the lowest and highest median ratio (wall and process CPU) among the A/A
+  controls: a variant whose ratio falls inside that band is not distinguishable from SGD by
+  this run."""
+  out = []
+  for w in dict.fromkeys(r["width"] for r in rows):
+    ctl = [r for r in rows if r["width"] == w and r["variant"].startswith("sgd_again")]
+    out.append({"width": w, "controls": len(ctl),
+                "ratio_min": min(r["ratio"] for r in ctl),
+                "ratio_max": max(r["ratio"] for r in ctl),
+                "cpu_ratio_min": min(r["cpu_ratio"] for r in ctl),
+                "cpu_ratio_max": max(r["cpu_ratio"] for r in ctl)})
+  return out
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser()
   ap.add_argument("--small", action="store_true", help="fewer repeats, one width (a quick check)")
@@ -162,6 +181,9 @@ def main(argv=None):
   ap.add_argument("--widths", help="comma-separated MLP widths, or 'cnn' for bench_step's digits "
                   "CNN (default: 1024,2048)")
   ap.add_argument("--repeats", type=int, help="interleaved rounds (default 300; --small 7)")
+  ap.add_argument("--controls", type=int, default=1,
+                  help="A/A copies of SGD timed alongside (default 1); with several, the spread "
+                  "of their ratios is the resolution of the measurement")
   ap.add_argument("--out", default="warmup", help="results/bench_<out>.json (default: warmup)")
   a = ap.parse_args(argv)
   repeats, inner, widths = (7, 5, (256,)) if a.small else (300, 4, (1024, 2048))
@@ -171,9 +193,13 @@ def main(argv=None):
   unknown = (only or set()) - set(VARIANTS) - set(CRIC_VARIANTS)
   if unknown:
     ap.error(f"--variants: unknown {sorted(unknown)}; known: {[*VARIANTS, *CRIC_VARIANTS]}")
-  rows = [r for w in widths for r in bench_width(w, repeats, inner, only)]
+  if a.controls < 1:
+    ap.error(f"--controls must be >= 1, got {a.controls}")
+  rows = [r for w in widths for r in bench_width(w, repeats, inner, only, a.controls)]
+  spread = control_spread(rows)
   write_json(a.out, {"small": a.small, "repeats": repeats, "inner": inner, "hesso": HESSO_KW,
-                     "variants": sorted(only) if only else "all", "rows": rows})
+                     "variants": sorted(only) if only else "all", "controls": a.controls,
+                     "rows": rows, "control_spread": spread})
   fmt = {c: "{:.3f}" for c in ("ratio", "q25", "q75", "min_ratio", "cpu_ratio", "cpu_q25",
                                 "cpu_q75")}
   fmt.update(median_us="{:.0f}", sgd_us="{:.0f}")
@@ -187,6 +213,12 @@ def main(argv=None):
                               "cpu_q75", "thread_local", "temp_bytes"],
                        {"ratio": "{:.2f}x", "q25": "{:.2f}", "q75": "{:.2f}",
                         "cpu_ratio": "{:.3f}x", "cpu_q25": "{:.3f}", "cpu_q75": "{:.3f}"}))
+  if a.controls > 1:
+    print("\n== A/A spread: the lowest and highest ratio of the SGD copies ==")
+    print(table(spread, ["width", "controls", "ratio_min", "ratio_max", "cpu_ratio_min",
+                         "cpu_ratio_max"],
+                {c: "{:.3f}" for c in ("ratio_min", "ratio_max", "cpu_ratio_min",
+                                       "cpu_ratio_max")}))
 
 
 if __name__ == "__main__":
