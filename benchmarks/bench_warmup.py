@@ -159,13 +159,13 @@ def bench_width(width: int | str, repeats: int, inner: int, only: set[str] | Non
   return rows
 
 
-def control_spread(rows: list[dict]) -> list[dict]:
+def control_spread(rows: list[dict], controls: list[str]) -> list[dict]:
   """Per width, the lowest and highest median ratio (wall and process CPU) among the A/A
-  controls: a variant whose ratio falls inside that band is not distinguishable from SGD by
-  this run."""
+  controls (the rows whose variant is in ``controls``, see :func:`control_names`): a variant
+  whose ratio falls inside that band is not distinguishable from SGD by this run."""
   out = []
   for w in dict.fromkeys(r["width"] for r in rows):
-    ctl = [r for r in rows if r["width"] == w and r["variant"].startswith("sgd_again")]
+    ctl = [r for r in rows if r["width"] == w and r["variant"] in controls]
     out.append({"width": w, "controls": len(ctl),
                 "ratio_min": min(r["ratio"] for r in ctl),
                 "ratio_max": max(r["ratio"] for r in ctl),
@@ -196,7 +196,7 @@ def main(argv=None):
   if a.controls < 1:
     ap.error(f"--controls must be >= 1, got {a.controls}")
   rows = [r for w in widths for r in bench_width(w, repeats, inner, only, a.controls)]
-  spread = control_spread(rows)
+  spread = control_spread(rows, control_names(a.controls))
   write_json(a.out, {"small": a.small, "repeats": repeats, "inner": inner, "hesso": HESSO_KW,
                      "variants": sorted(only) if only else "all", "controls": a.controls,
                      "rows": rows, "control_spread": spread})

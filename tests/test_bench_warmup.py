@@ -25,7 +25,7 @@ def test_control_spread_reads_the_controls_only_per_width():
     {"width": 8, "variant": "hesso", "ratio": 1.50, "cpu_ratio": 0.50},
     {"width": 16, "variant": "sgd_again", "ratio": 1.00, "cpu_ratio": 1.00},
   ]
-  assert bench_warmup.control_spread(rows) == [
+  assert bench_warmup.control_spread(rows, control_names(2)) == [
     {"width": 8, "controls": 2, "ratio_min": 0.98, "ratio_max": 1.03, "cpu_ratio_min": 0.99,
      "cpu_ratio_max": 1.01},
     {"width": 16, "controls": 1, "ratio_min": 1.00, "ratio_max": 1.00, "cpu_ratio_min": 1.00,
